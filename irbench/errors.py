@@ -33,3 +33,6 @@ class ImageReadError(IrbenchError):
         super().__init__(f"cannot read image {path}: {problem}")
         self.path = path
         self.problem = problem
+
+    def __reduce__(self):  # survive the trip back from a worker process
+        return (type(self), (self.path, self.problem))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -180,9 +181,7 @@ class Cache:
         if self.enabled:
             _write_artifact(final_path, result, key={"kind": kind, **_json_key(key)})
             nbytes = _size(final_path)
-            for p in shard_dir.glob("*"):
-                p.unlink(missing_ok=True)
-            shard_dir.rmdir() if shard_dir.exists() else None
+            shutil.rmtree(shard_dir, ignore_errors=True)
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start))
         return result
 

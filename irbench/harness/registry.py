@@ -113,13 +113,21 @@ class Registry(Generic[T]):
         return [e.name for e in self.entries()]
 
 
+def plugins_disabled() -> bool:
+    """`IRBENCH_DISABLE_PLUGINS=1` loads only irbench's own entry points (for tests, debugging)."""
+    return os.environ.get("IRBENCH_DISABLE_PLUGINS", "").lower() in {"1", "true", "yes"}
+
+
 def _entry_points(group: str | None) -> Iterable[metadata.EntryPoint]:
     if group is None:
         return []
+    only_builtin = plugins_disabled()
     seen: set[tuple[str, str, str]] = set()
     out = []
     for ep in metadata.entry_points(group=group):
         ident = (ep.name, ep.value, _dist_name(ep))
+        if only_builtin and ident[2] != "irbench":
+            continue
         if ident in seen:  # the same distribution found twice on sys.path
             continue
         seen.add(ident)

@@ -1,0 +1,52 @@
+"""`bench leaderboard`: the run records as a table (rich, markdown, CSV or JSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from irbench.cli.ui import console, err_console
+from irbench.results import leaderboard as lb
+from irbench.results.store import default_results_dir, read_records
+
+
+@click.command("leaderboard")
+@click.option("-d", "--dataset", default=None,
+              help="Detail for one dataset: every setting, mP@k, timings, memory, index size.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]),
+              default="table", show_default=True, help="Output format.")
+@click.option("--no-reported", is_flag=True, help="Hide the paper's reported reference rows.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None,
+              help="Where run records are read from [env IRBENCH_RESULTS; default: ./results].")
+def leaderboard_cmd(dataset, fmt, no_reported, results_dir) -> None:
+    """Compare runs: rows are method + config, columns datasets (and protocol settings),
+    cells mAP in %. Rows marked `reported` are the paper's numbers, not measured here."""
+    results_dir = results_dir or default_results_dir()
+    records, problems = read_records(results_dir)
+    for p in problems:
+        err_console.print(Text.assemble(("skipped: ", "yellow"), p))
+    if not records:
+        err_console.print(f"no run records in {results_dir}/ yet: try "
+                          "`bench run --method bow --dataset demo`", highlight=False)
+    table = (lb.detail(records, dataset, reported=not no_reported) if dataset
+             else lb.overview(records, reported=not no_reported))
+    if fmt == "markdown":
+        click.echo(lb.to_markdown(table), nl=False)
+    elif fmt == "csv":
+        click.echo(lb.to_csv(table), nl=False)
+    elif fmt == "json":
+        click.echo(lb.to_json(table), nl=False)
+    else:
+        console.print(to_rich(table))
+
+
+def to_rich(table: lb.Table) -> RichTable:
+    out = RichTable(title=table.title, caption="\n".join(table.notes) or None)
+    for i, col in enumerate(table.columns):
+        out.add_column(col, justify="left" if i < 3 else "right")
+    for i, row in enumerate(table.rows):
+        out.add_row(*row, style="italic dim" if i in table.reported_rows else None)
+    return out

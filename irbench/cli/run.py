@@ -1,0 +1,119 @@
+"""`bench run`: one method on one dataset (or a sweep), then the metrics as a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from irbench.cli.ui import console, make_progress, parse_pairs, setup_logging
+from irbench.harness.cache import default_cache_dir
+from irbench.harness.parallel import default_workers
+from irbench.harness.runner import RunOptions, run, sweep
+from irbench.harness.search import BACKENDS
+from irbench.results.leaderboard import config_label
+from irbench.results.store import RunRecord, default_results_dir
+
+
+def common_paths(fn):
+    """--cache-dir, --results-dir, --data-root (shared by the commands that need them)."""
+    fn = click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                      help="Root of downloaded datasets [env IRBENCH_DATA; default: "
+                           "<cache-dir>/data].")(fn)
+    fn = click.option("--results-dir", type=click.Path(path_type=Path), default=None,
+                      help="Where run records are written [env IRBENCH_RESULTS; default: "
+                           "./results].")(fn)
+    fn = click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+                      help="Stage artifacts and generated datasets [env IRBENCH_CACHE; "
+                           "default: ~/.cache/irbench].")(fn)
+    return fn
+
+
+@click.command("run")
+@click.option("-m", "--method", required=True, help="Registered method name (see `bench methods`).")
+@click.option("-d", "--dataset", default="demo", show_default=True,
+              help="Registered dataset name, or folder:PATH, or manifest:FILE.json "
+                   "(see `bench datasets`).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a method config field (repeatable).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2,...",
+              help="Run every combination of these values (repeatable); shared stages are "
+                   "computed once.")
+@click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
+              help="Set a dataset option (repeatable; see `bench datasets`).")
+@click.option("--topk", type=int, default=0, show_default=True,
+              help="Ranking depth evaluated; 0 ranks the whole database (official protocols).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--workers", type=int, default=None,
+              help=f"Worker processes for extraction [env IRBENCH_WORKERS; default: "
+                   f"{default_workers()} here].")
+@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
+@click.option("--search", type=click.Choice(BACKENDS), default="exact", show_default=True,
+              help="Dense search backend for global descriptors.")
+@click.option("--overwrite", is_flag=True, help="Recompute every stage, ignoring cached ones.")
+@click.option("--no-cache", is_flag=True, help="Keep nothing on disk (compute in memory).")
+@click.option("--no-record", is_flag=True, help="Do not write a run record.")
+@common_paths
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
+def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, workers, device, search,
+            overwrite, no_cache, no_record, cache_dir, results_dir, data_root, quiet, verbose):
+    """Run METHOD on DATASET: fit -> index -> query -> evaluate, and write a run record."""
+    setup_logging(quiet, verbose)
+    options = RunOptions(
+        cache_dir=cache_dir or default_cache_dir(),
+        results_dir=None if no_record else (results_dir or default_results_dir()),
+        data_root=data_root,
+        topk=topk, seed=seed, workers=workers or default_workers(), device=device,
+        search=search, overwrite=overwrite, use_cache=not no_cache,
+        progress=make_progress(quiet),
+        dataset_options=parse_pairs(dataset_options, "--dataset-option"),
+    )
+    overrides = parse_pairs(sets, "--set")
+    sweep_values = {k: [v for v in vals.split(",") if v != ""]
+                    for k, vals in parse_pairs(sweeps, "--sweep").items()}
+    if sweep_values:
+        records = sweep(method, dataset, sweep_values, options, overrides)
+    else:
+        records = [run(method, dataset, options, overrides)]
+    console.print(records_table(records))
+    if options.results_dir is not None:
+        console.print(f"run records in {options.results_dir}/", highlight=False)
+
+
+def records_table(records: list[RunRecord]) -> Table:
+    """The metrics of some run records, one row per run and setting."""
+    first = records[0]
+    table = Table(title=f"{first.dataset} ({first.topk} ranked per query)")
+    table.add_column("method")
+    table.add_column("config")
+    table.add_column("setting")
+    table.add_column("mAP %", justify="right")
+    ks = list(next(iter(first.metrics["settings"].values()), {}).get("precision_at", {}))
+    for k in ks:
+        table.add_column(f"mP@{k} %", justify="right")
+    has_ns = "ns_score" in first.metrics
+    if has_ns:
+        table.add_column("N-S", justify="right")
+    table.add_column("queries", justify="right")
+    table.add_column("wall s", justify="right")
+    table.add_column("stages reused")
+    for r in records:
+        wall = sum(t.wall_s for t in r.timings.values() if not t.cached)
+        reused = ", ".join(s for s, t in r.timings.items() if t.cached) or "none"
+        for setting, m in r.metrics["settings"].items():
+            row = [r.method, config_label(r), setting or "—", _pct(m["map"])]
+            row += [_pct(m["precision_at"].get(k)) for k in ks]
+            if has_ns:
+                row.append(f"{r.metrics['ns_score']:.3f}")
+            evaluated = m["queries_evaluated"]
+            without = m["queries_without_positives"]
+            row.append(f"{evaluated}" + (f" (+{without} w/o positives)" if without else ""))
+            row += [f"{wall:.1f}", reused]
+            table.add_row(*row)
+    return table
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"

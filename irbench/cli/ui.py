@@ -1,0 +1,62 @@
+"""Terminal plumbing shared by the commands: rich console, progress bars, logging, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from irbench.harness.progress import NULL_PROGRESS, Advance
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class RichProgress:
+    """`irbench.harness.progress.Progress` drawn with rich bars on stderr."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None = None) -> Iterator[Advance]:
+        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                   TimeRemainingColumn()]
+        with Progress(*columns, console=err_console, transient=False) as bar:
+            task_id = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task_id, n)
+
+
+def make_progress(quiet: bool):
+    return NULL_PROGRESS if quiet else RichProgress()
+
+
+def setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    root = logging.getLogger("irbench")
+    root.handlers[:] = [RichHandler(console=err_console, show_path=False, show_time=False,
+                                    markup=False)]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
+    """`("k=v", ...)` -> {"k": "v"}; a pair without `=` is a usage error."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
+        out[key.strip()] = value.strip()
+    return out

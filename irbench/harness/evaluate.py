@@ -1,0 +1,112 @@
+"""The one evaluator: rankings + ground truth + protocol -> a JSON-able metrics dict."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from irbench.datasets.base import Protocol, QueryTruth
+from irbench.harness.metrics import (
+    average_precision_batch,
+    mean_ignoring_nan,
+    ns_score,
+    precision_at_k,
+)
+
+__all__ = ["evaluate"]
+
+
+def _union(truth: QueryTruth, names: Sequence[str]) -> np.ndarray:
+    """Union of the named sets of one query (a name it lacks is empty)."""
+    parts = [truth[name] for name in names]
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+def _or_none(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def evaluate(
+    ranks: np.ndarray,
+    ground_truth: Sequence[QueryTruth],
+    protocol: Protocol,
+    query_db_index: Sequence[int | None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate rankings under a dataset's protocol.
+
+    `ranks[q]` are database indices best first (the top `depth`; -1 is padding). For each
+    setting of `protocol.settings`, positives and junk are the unions of the named
+    ground-truth sets; with `protocol.exclude_query` the query's own database index (if
+    any) is junk and never a positive (Holidays rule). Returns
+
+        {"depth": int,
+         "settings": {name: {"map": float | None, "precision_at": {"k": float | None},
+                             "ap": [float | None per query], "queries_evaluated": int,
+                             "queries_without_positives": int}},
+         "ns_score": float}            # only with protocol.ns_score
+
+    Queries without positives have AP None and are excluded from the means (and counted);
+    a mean over no query is None. The N-S score uses the first setting's positives plus
+    the query's database index, on the raw ranking.
+    """
+    ranks = np.asarray(ranks)
+    nq = len(ground_truth)
+    if ranks.ndim != 2:
+        raise ValueError(f"ranks must be a 2-D array (queries x depth), got shape {ranks.shape}")
+    if ranks.size and not np.issubdtype(ranks.dtype, np.integer):
+        raise ValueError(f"ranks must hold integer database indices, got dtype {ranks.dtype}")
+    if ranks.shape[0] != nq:
+        raise ValueError(
+            f"ranks has {ranks.shape[0]} rows but there are {nq} ground-truth entries "
+            "(one row per query expected)"
+        )
+    if query_db_index is None:
+        query_db_index = [None] * nq
+    elif len(query_db_index) != nq:
+        raise ValueError(
+            f"query_db_index has {len(query_db_index)} entries for {nq} queries"
+        )
+    ranks = ranks.astype(np.int64, copy=False)
+    if ranks.size and ranks.min() < -1:
+        raise ValueError("ranks may only hold database indices >= 0, or -1 as padding")
+
+    out: dict[str, Any] = {"depth": int(ranks.shape[1]), "settings": {}}
+    ns_relevant: list[np.ndarray] | None = None
+    for name, setting in protocol.settings.items():
+        positives = [_union(t, setting.positives) for t in ground_truth]
+        junk = [_union(t, setting.junk) for t in ground_truth]
+        if ns_relevant is None:
+            ns_relevant = [
+                p if qi is None else np.union1d(p, [qi])
+                for p, qi in zip(positives, query_db_index, strict=True)
+            ]
+        if protocol.exclude_query:
+            for i, qi in enumerate(query_db_index):
+                if qi is not None:
+                    positives[i] = positives[i][positives[i] != qi]
+                    junk[i] = np.union1d(junk[i], [qi])
+        ap = average_precision_batch(ranks, positives, junk)
+        mean_ap, used, excluded = mean_ignoring_nan(ap)
+        precision: dict[str, float | None] = {}
+        if protocol.precision_at:
+            prec = precision_at_k(ranks, positives, junk, protocol.precision_at)
+            for col, k in enumerate(protocol.precision_at):
+                precision[str(k)] = _or_none(mean_ignoring_nan(prec[:, col])[0])
+        out["settings"][name] = {
+            "map": _or_none(mean_ap),
+            "precision_at": precision,
+            "ap": [_or_none(v) for v in ap.tolist()],
+            "queries_evaluated": used,
+            "queries_without_positives": excluded,
+        }
+    if protocol.ns_score:
+        relevant = ns_relevant if ns_relevant is not None else [
+            np.empty(0, np.int64) if qi is None else np.asarray([qi], np.int64)
+            for qi in query_db_index
+        ]
+        scores = ns_score(ranks, relevant)
+        out["ns_score"] = float(scores.mean()) if nq else 0.0
+    return out

@@ -1,0 +1,295 @@
+"""The protocol: run(method, dataset) -> RunRecord, through fit -> index -> query -> evaluate.
+
+Each stage is timed (wall and CPU seconds, peak resident memory). The method caches
+its own stage artifacts (keyed by the config fields each depends on); the runner caches
+the final rankings keyed by the whole config, the dataset's fingerprint, the search
+depth and the seed, so a rerun reuses everything and says so, and `overwrite=True`
+recomputes. Sweeps run the cartesian product of values and share every cached stage.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import logging
+import os
+import platform
+import resource
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import irbench
+from irbench.datasets.base import Dataset
+from irbench.errors import ConfigError
+from irbench.harness.cache import Cache, default_cache_dir
+from irbench.harness.config import (
+    build_config,
+    changed_fields,
+    config_hash,
+    config_to_dict,
+    describe_fields,
+)
+from irbench.harness.evaluate import evaluate
+from irbench.harness.parallel import default_workers
+from irbench.harness.progress import NULL_PROGRESS, Progress
+from irbench.harness.registry import METHODS, load_dataset
+from irbench.harness.search import BACKENDS
+from irbench.methods.base import Method, RunContext
+from irbench.results.store import RunRecord, StageTiming, default_results_dir, write_record
+
+log = logging.getLogger(__name__)
+
+STAGES = ("fit", "index", "query", "evaluate")
+
+
+@dataclass
+class RunOptions:
+    """Everything about a run that is not the method's config or the dataset."""
+
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    results_dir: Path | None = field(default_factory=default_results_dir)
+    """Where run records go; None writes none."""
+    data_root: Path | None = None
+    """Dataset root (default: IRBENCH_DATA or <cache_dir>/data)."""
+    topk: int = 0
+    """Ranking depth evaluated; 0 ranks the whole database (the official protocols)."""
+    seed: int = 0
+    workers: int = field(default_factory=default_workers)
+    device: str = "cpu"
+    search: str = "exact"
+    overwrite: bool = False
+    """Recompute every stage instead of reusing cached artifacts."""
+    use_cache: bool = True
+    progress: Progress = NULL_PROGRESS
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cache_dir = Path(self.cache_dir).expanduser()
+        if self.results_dir is not None:
+            self.results_dir = Path(self.results_dir).expanduser()
+        if self.search not in BACKENDS:
+            raise ConfigError(f"unknown search backend {self.search!r}; "
+                              f"choose one of {', '.join(BACKENDS)}")
+        if self.topk < 0:
+            raise ConfigError("topk must be >= 0 (0 ranks the whole database)")
+
+
+class _PeakRss:
+    """Samples this process's resident memory during a stage (Linux /proc; else ru_maxrss)."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def current() -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.current())
+
+    def __enter__(self) -> _PeakRss:
+        self.peak = self.current()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+def _cpu_seconds() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed(timings: dict[str, StageTiming], stage: str, fn: Callable[[], Any]) -> Any:
+    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+    with _PeakRss() as rss:
+        out = fn()
+    timings[stage] = StageTiming(wall_s=round(time.perf_counter() - wall0, 4),
+                                 cpu_s=round(_cpu_seconds() - cpu0, 4),
+                                 peak_rss_bytes=int(rss.peak))
+    return out
+
+
+def environment() -> dict[str, Any]:
+    """Versions of what changes numbers, the machine, and the git commit when available."""
+    import cv2
+    import faiss
+    import torch
+
+    env = {
+        "irbench": irbench.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "faiss": getattr(faiss, "__version__", "unknown"),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(irbench.__file__).parent, timeout=5)
+        if commit.returncode == 0:
+            env["git_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return env
+
+
+def resolve_dataset(dataset: str | Dataset, options: RunOptions) -> Dataset:
+    if isinstance(dataset, Dataset):
+        return dataset
+    return load_dataset(dataset, data_root=options.data_root, cache_dir=options.cache_dir,
+                        options=options.dataset_options)
+
+
+def run(method: str | type[Method], dataset: str | Dataset,
+        options: RunOptions | None = None,
+        overrides: Mapping[str, Any] | Any = None) -> RunRecord:
+    """Run one method (registered name or Method class) with config overrides on a dataset.
+
+    `overrides` is a mapping of field -> value (strings are parsed to the field's type)
+    or a ready Config instance. Returns the RunRecord, also written to
+    `options.results_dir` unless that is None.
+    """
+    options = options or RunOptions()
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    if overrides is not None and isinstance(overrides, cls.Config):
+        config = overrides
+    else:
+        config = build_config(cls.Config, overrides, owner=f"method {cls.name!r}")
+    ds = resolve_dataset(dataset, options)
+    cache = Cache(options.cache_dir, overwrite=options.overwrite, enabled=options.use_cache)
+    context = RunContext(cache=cache, seed=options.seed, workers=options.workers,
+                         device=options.device, search=options.search,
+                         progress=options.progress, dataset_id=f"{ds.name}@{ds.version}")
+    _seed_everything(options.seed)
+    method_obj = cls(config, context)
+    n_db = len(ds.database)
+    depth = n_db if options.topk == 0 else min(options.topk, n_db)
+    timings: dict[str, StageTiming] = {}
+
+    key = {"method": cls.name, "config": config_hash(config), "dataset": ds.fingerprint(),
+           "depth": depth, "seed": options.seed, "search": options.search}
+
+    def run_stages() -> dict[str, Any]:
+        _timed(timings, "fit", lambda: method_obj.fit(ds.train))
+        _timed(timings, "index", lambda: method_obj.index(ds.database))
+        ranks, scores = _timed(timings, "query", lambda: method_obj.query(ds.queries, depth))
+        _check_ranking(cls.name, ranks, scores, len(ds.queries), depth, n_db)
+        return {
+            "ranks": np.asarray(ranks, np.int64),
+            "scores": np.asarray(scores, np.float32),
+            "timings": {k: vars(v) for k, v in timings.items()},
+            "index_bytes": method_obj.index_bytes(),
+            "method_info": method_obj.info(),
+        }
+
+    stage_out = cache.load_or_compute("rankings", key, run_stages)
+    reused = not timings
+    if reused:
+        log.info("reusing cached rankings of %s on %s: fit, index and query skipped "
+                 "(use --overwrite to recompute)", cls.name, ds.label)
+        for name, t in stage_out["timings"].items():
+            timings[name] = StageTiming(**{**t, "cached": True})
+    ranks = stage_out["ranks"]
+    metrics = _timed(timings, "evaluate", lambda: evaluate(
+        ranks, ds.ground_truth, ds.protocol, [q.db_index for q in ds.queries]))
+    record = RunRecord(
+        method=cls.name,
+        config=config_to_dict(config),
+        config_hash=config_hash(config),
+        config_changed=changed_fields(config),
+        dataset=ds.name,
+        dataset_version=ds.version,
+        dataset_options=dict(ds.config),
+        protocol=ds.protocol.to_dict(),
+        metrics=metrics,
+        timings=timings,
+        index_bytes=stage_out.get("index_bytes"),
+        seed=options.seed,
+        topk=depth,
+        search=options.search,
+        method_info=dict(stage_out.get("method_info") or {}),
+        cache_events=[e.to_dict() for e in cache.events],
+        untrained=_is_untrained(config),
+        environment=environment(),
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    if options.results_dir is not None:
+        path = write_record(record, options.results_dir)
+        log.info("run record written to %s", path)
+    return record
+
+
+def sweep(method: str | type[Method], dataset: str | Dataset,
+          sweeps: Mapping[str, Sequence[str]], options: RunOptions | None = None,
+          overrides: Mapping[str, Any] | None = None) -> list[RunRecord]:
+    """Run the cartesian product of `sweeps` (field -> values) on top of `overrides`.
+
+    The dataset is loaded once; each point's stages are cached, so points that share a
+    stage (same values of the fields that stage depends on) compute it once.
+    """
+    options = options or RunOptions()
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    known = {f["name"] for f in describe_fields(cls.Config)}
+    for name in sweeps:
+        if name.replace("-", "_") not in known:
+            build_config(cls.Config, {name: ""}, owner=f"method {cls.name!r}")  # raises
+    ds = resolve_dataset(dataset, options)
+    names = list(sweeps)
+    records = []
+    for values in itertools.product(*(sweeps[n] for n in names)):
+        point = {**dict(overrides or {}), **dict(zip(names, values, strict=True))}
+        log.info("sweep point %s", ", ".join(f"{k}={v}" for k, v in zip(names, values,
+                                                                           strict=True)))
+        records.append(run(cls, ds, options, point))
+    return records
+
+
+def _check_ranking(name: str, ranks: np.ndarray, scores: np.ndarray, nq: int, depth: int,
+                   n_db: int) -> None:
+    ranks = np.asarray(ranks)
+    if ranks.shape != (nq, depth) or np.asarray(scores).shape != (nq, depth):
+        raise RuntimeError(f"method {name!r} returned ranks {ranks.shape} and scores "
+                           f"{np.asarray(scores).shape}; expected ({nq}, {depth}) each")
+    if ranks.size and (ranks.min() < -1 or ranks.max() >= n_db):
+        raise RuntimeError(f"method {name!r} returned database indices outside [0, {n_db})")
+    if not np.all(np.isfinite(np.asarray(scores, np.float64))):
+        raise RuntimeError(f"method {name!r} returned non-finite scores")
+
+
+def _is_untrained(config: Any) -> bool:
+    return str(getattr(config, "weights", "")).lower() == "none"
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    import torch
+
+    torch.manual_seed(seed)

@@ -1,0 +1,299 @@
+"""Local features: SIFT keypoints and descriptors (OpenCV), with an optional RootSIFT map.
+
+Every SIFT-based method (bag of words, Hamming embedding, spatial / geometric coding,
+COP) starts here, and they share one cached extraction per image list: the artifact
+kind is `sift/features` (not the method's name) and its key holds the SIFT options
+(`SiftOptions` fields), the dataset id and the image list's digest.
+
+What is stored per image (concatenated over images; `offsets` int64[n+1] gives each
+image's rows, as `Cache.map_cached` lays it out):
+
+- `descriptors` uint8[F, 128]: OpenCV's SIFT descriptor. OpenCV rounds and saturates
+  each component to 0..255 even when it returns float32, so uint8 is lossless and a
+  quarter of the size. `descriptor_vectors` turns them into float32 (optionally
+  RootSIFT) when they are used, so RootSIFT on/off shares one extraction.
+- `x`, `y` float32[F]: keypoint centre in pixels, in the frame of the *full, original*
+  image (see below for crops and resizing), OpenCV convention (pixel centres at
+  integer coordinates, x to the right, y down).
+- `scale` float32[F]: OpenCV's `KeyPoint.size` (the diameter of the described region,
+  in pixels of the original image).
+- `angle` float32[F]: dominant orientation in radians in [0, 2π), OpenCV's
+  `KeyPoint.angle` (degrees, measured clockwise in the y-down image frame) × π/180.
+- `response` float32[F]: the detector response (DoG contrast).
+
+Images larger than `max_image_side` are downscaled before detection (the scale factor
+comes from the *full* image, so a query crop and its database image are described at
+the same scale); positions and sizes are mapped back to the original pixel frame.
+A query whose `crop_box` is not None is described on the crop only, and its keypoint
+positions are shifted back to the full-image frame (crop origin = the box's top-left,
+rounded down and clipped to the image, as `irbench.datasets.images.crop` does).
+
+RootSIFT (Arandjelović & Zisserman, "Three things everyone should know to improve
+object retrieval", CVPR 2012): L1-normalize each SIFT vector, then take the
+element-wise square root; the result has unit L2 norm, and the Euclidean distance
+between RootSIFT vectors is the Hellinger kernel distance between the SIFT vectors.
+
+SIFT: Lowe, "Distinctive image features from scale-invariant keypoints", IJCV 2004.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing as mp
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from irbench.datasets.base import Box, Image, Query, image_list_digest
+from irbench.datasets.images import crop, read_image
+from irbench.harness.config import param
+from irbench.harness.parallel import parallel_map
+
+__all__ = [
+    "SiftOptions",
+    "SIFT_FIELDS",
+    "SiftParams",
+    "Features",
+    "sift_params",
+    "extract_image",
+    "extract_features",
+    "rootsift",
+    "descriptor_vectors",
+]
+
+DESCRIPTOR_DIM = 128
+
+
+@dataclass(frozen=True)
+class SiftOptions:
+    """Config fields of SIFT extraction; method configs inherit them (see `bow.BowConfig`)."""
+
+    max_keypoints: int = param(
+        2000, "keep at most this many keypoints per image, strongest DoG response first "
+              "(0 = unlimited); bounds memory and index size on large images")
+    contrast_threshold: float = param(
+        0.04, "SIFT DoG contrast threshold (OpenCV's default; Lowe's 0.03 on its scale)")
+    edge_threshold: float = param(10.0, "SIFT edge-response threshold r (Lowe 2004: 10)")
+    sigma: float = param(1.6, "Gaussian sigma of the base octave (Lowe 2004: 1.6)")
+    n_octave_layers: int = param(3, "DoG layers per octave (Lowe 2004: 3)")
+    max_image_side: int = param(
+        1024, "downscale images whose longer side exceeds this before detection (0 = never); "
+              "coordinates are reported in the original pixel frame")
+    rootsift: bool = param(
+        True, "use RootSIFT (L1-normalize then square-root; Arandjelovic & Zisserman 2012) "
+              "instead of raw SIFT for vocabulary training and quantization")
+
+
+SIFT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SiftOptions))
+"""Names of the SIFT config fields."""
+
+EXTRACTION_FIELDS: tuple[str, ...] = tuple(f for f in SIFT_FIELDS if f != "rootsift")
+"""The fields the stored extraction depends on (RootSIFT is applied when descriptors are used)."""
+
+
+@dataclass(frozen=True)
+class SiftParams:
+    """The extraction parameters, detached from any method config (picklable for workers)."""
+
+    max_keypoints: int = 2000
+    contrast_threshold: float = 0.04
+    edge_threshold: float = 10.0
+    sigma: float = 1.6
+    n_octave_layers: int = 3
+    max_image_side: int = 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def sift_params(config: Any) -> SiftParams:
+    """The `SiftParams` of a config that has the `SiftOptions` fields."""
+    return SiftParams(**{name: getattr(config, name) for name in EXTRACTION_FIELDS})
+
+
+# -- descriptors ----------------------------------------------------------------------
+
+
+def rootsift(descriptors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """RootSIFT: rows L1-normalized, then element-wise square root (float32, unit L2 rows;
+    an all-zero row stays zero)."""
+    d = np.asarray(descriptors, dtype=np.float32)
+    l1 = np.abs(d).sum(axis=1, keepdims=True)
+    return np.sqrt(np.abs(d) / np.maximum(l1, eps)).astype(np.float32, copy=False)
+
+
+def descriptor_vectors(descriptors: np.ndarray, use_rootsift: bool) -> np.ndarray:
+    """Stored uint8 SIFT descriptors as the float32 vectors a vocabulary sees."""
+    if use_rootsift:
+        return rootsift(descriptors)
+    return np.asarray(descriptors, dtype=np.float32)
+
+
+# -- one image ------------------------------------------------------------------------
+
+_EMPTY = {
+    "descriptors": np.zeros((0, DESCRIPTOR_DIM), np.uint8),
+    "x": np.zeros(0, np.float32),
+    "y": np.zeros(0, np.float32),
+    "scale": np.zeros(0, np.float32),
+    "angle": np.zeros(0, np.float32),
+    "response": np.zeros(0, np.float32),
+}
+
+
+def _detector(params: SiftParams):
+    return cv2.SIFT_create(
+        nfeatures=max(0, int(params.max_keypoints)),
+        nOctaveLayers=int(params.n_octave_layers),
+        contrastThreshold=float(params.contrast_threshold),
+        edgeThreshold=float(params.edge_threshold),
+        sigma=float(params.sigma),
+    )
+
+
+def _crop_origin(box: Box, width: int, height: int) -> tuple[int, int]:
+    """Top-left pixel of `crop(image, box)` (the box rounded down, clipped to the image)."""
+    x1, y1 = box[0], box[1]
+    return max(0, int(math.floor(x1))), max(0, int(math.floor(y1)))
+
+
+def extract_image(path: Any, crop_box: Box | None, params: SiftParams) -> dict[str, np.ndarray]:
+    """SIFT on one image file (gray), optionally on `crop_box` only; arrays as documented
+    in the module docstring, coordinates in the full original image's pixel frame.
+
+    Raises `ImageReadError` naming the file when it is missing or cannot be decoded.
+    """
+    gray = read_image(path, gray=True)
+    height, width = gray.shape[:2]
+    factor = 1.0
+    side = int(params.max_image_side)
+    if side > 0 and max(height, width) > side:
+        factor = side / max(height, width)
+        new_w = max(1, int(round(width * factor)))
+        new_h = max(1, int(round(height * factor)))
+        gray = cv2.resize(gray, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    sx = width / gray.shape[1]
+    sy = height / gray.shape[0]
+    ox = oy = 0
+    if crop_box is not None:
+        # Validate the box on the original image (same error as read_image would give),
+        # then crop the (possibly resized) image to the box in its own frame.
+        crop(np.empty((height, width), np.uint8), crop_box, path=path)
+        scaled = (crop_box[0] / sx, crop_box[1] / sy, crop_box[2] / sx, crop_box[3] / sy)
+        ox, oy = _crop_origin(scaled, gray.shape[1], gray.shape[0])
+        gray = crop(gray, scaled, path=path)
+    keypoints, descriptors = _detector(params).detectAndCompute(gray, None)
+    if not keypoints or descriptors is None:
+        return {k: v.copy() for k, v in _EMPTY.items()}
+    response = np.array([kp.response for kp in keypoints], np.float32)
+    if params.max_keypoints > 0 and len(keypoints) > params.max_keypoints:
+        # OpenCV keeps ties at the cut (and duplicate orientations), so it may return a
+        # few more than asked: keep the strongest, the earlier one among equals.
+        keep = np.sort(np.argsort(-response, kind="stable")[: params.max_keypoints])
+        keypoints = [keypoints[i] for i in keep]
+        descriptors = descriptors[keep]
+        response = response[keep]
+    pts = np.array([kp.pt for kp in keypoints], np.float64).reshape(-1, 2)
+    # Pixel centres: original = (resized + 0.5) * s - 0.5 (identity when s == 1).
+    x = (pts[:, 0] + ox + 0.5) * sx - 0.5
+    y = (pts[:, 1] + oy + 0.5) * sy - 0.5
+    size = np.array([kp.size for kp in keypoints], np.float64) * math.sqrt(sx * sy)
+    angle = np.deg2rad(np.array([kp.angle for kp in keypoints], np.float64)) % (2 * math.pi)
+    return {
+        "descriptors": np.clip(np.rint(descriptors), 0, 255).astype(np.uint8),
+        "x": x.astype(np.float32),
+        "y": y.astype(np.float32),
+        "scale": size.astype(np.float32),
+        "angle": angle.astype(np.float32),
+        "response": response,
+    }
+
+
+def _worker(task: tuple[str, Box | None, SiftParams]) -> dict[str, np.ndarray]:
+    """Process-pool entry point (module level, so it pickles)."""
+    if mp.parent_process() is not None:  # a worker process: one OpenCV thread each
+        cv2.setNumThreads(1)
+    path, crop_box, params = task
+    return extract_image(path, crop_box, params)
+
+
+# -- image lists ----------------------------------------------------------------------
+
+
+@dataclass
+class Features:
+    """SIFT features of an image list: per-feature arrays and per-image `offsets`."""
+
+    offsets: np.ndarray
+    descriptors: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    scale: np.ndarray
+    angle: np.ndarray
+    response: np.ndarray
+
+    @classmethod
+    def from_artifact(cls, art: dict[str, Any]) -> Features:
+        # An empty image list stores only `offsets`: fall back to empty columns.
+        get = {k: art.get(k, v) for k, v in _EMPTY.items()}
+        return cls(offsets=np.asarray(art["offsets"], np.int64),
+                   descriptors=np.asarray(get["descriptors"], np.uint8).reshape(-1, DESCRIPTOR_DIM),
+                   **{k: np.asarray(get[k], np.float32) for k in ("x", "y", "scale", "angle",
+                                                                   "response")})
+
+    @property
+    def n_images(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_features(self) -> int:
+        return int(self.offsets[-1])
+
+    def counts(self) -> np.ndarray:
+        """Features per image, int64[n]."""
+        return np.diff(self.offsets)
+
+    def image_of_feature(self) -> np.ndarray:
+        """The image index of every feature, int64[F]."""
+        return np.repeat(np.arange(self.n_images, dtype=np.int64), self.counts())
+
+    def image(self, i: int) -> dict[str, np.ndarray]:
+        """The arrays of image `i`."""
+        s = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+        return {k: getattr(self, k)[s] for k in _EMPTY}
+
+
+def _crop_box_of(item: Image | Query) -> Box | None:
+    return item.crop_box if isinstance(item, Query) else None
+
+
+def features_key(images: Sequence[Image | Query], params: SiftParams,
+                 dataset_id: str) -> dict[str, Any]:
+    """The cache key of an extraction: SIFT parameters, dataset id, image-list digest."""
+    return {"sift": params.to_dict(), "dataset": dataset_id,
+            "images": image_list_digest(images), "count": len(images)}
+
+
+def extract_features(images: Sequence[Image | Query], params: SiftParams, context: Any, *,
+                     description: str = "SIFT", shard_size: int = 256) -> Features:
+    """SIFT features of `images` (queries described on their `crop_box`), computed in
+    `context.workers` processes, cached (resumably, in shards) under `sift/features`.
+
+    An image that cannot be read raises `ImageReadError` naming the file; an image with
+    no keypoints gets zero rows.
+    """
+    images = list(images)
+
+    def compute_chunk(chunk: Sequence[Image | Query]) -> list[dict[str, np.ndarray]]:
+        tasks = [(str(im.path), _crop_box_of(im), params) for im in chunk]
+        return parallel_map(_worker, tasks, workers=context.workers, chunksize=8)
+
+    art = context.cache.map_cached(
+        "sift/features", features_key(images, params, context.dataset_id), images,
+        compute_chunk, shard_size=shard_size, progress=context.progress,
+        description=description)
+    return Features.from_artifact(art)

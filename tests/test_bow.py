@@ -1,0 +1,388 @@
+"""The `bow` method and its SIFT substrate: keypoints, vocabulary, inverted file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from irbench.datasets.base import Image, Query
+from irbench.errors import ConfigError, ImageReadError
+from irbench.harness.cache import Cache
+from irbench.harness.search import topk_from_scores
+from irbench.methods.base import RunContext
+from irbench.methods.sift.bow import BowConfig, BowMethod
+from irbench.methods.sift.invfile import InvertedFile, TfIdfIndex, ranges
+from irbench.methods.sift.keypoints import (
+    SiftParams,
+    extract_features,
+    extract_image,
+    rootsift,
+    sift_params,
+)
+from irbench.methods.sift.vocabulary import (
+    Vocabulary,
+    auto_vocabulary_size,
+    resolve_vocabulary_size,
+    sample_indices,
+    train_kmeans,
+)
+
+# -- synthetic images ---------------------------------------------------------------------
+
+
+def scene(seed: int, size: int = 160) -> np.ndarray:
+    """A gray textured scene: blurred noise with random ellipses and rectangles (BGR)."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur((rng.random((size, size)) * 255).astype(np.uint8), (0, 0), 3)
+    img = cv2.normalize(img, None, 40, 200, cv2.NORM_MINMAX)
+    for _ in range(14):
+        c = tuple(int(v) for v in rng.integers(10, size - 10, 2))
+        color = int(rng.integers(0, 256))
+        if rng.random() < 0.5:
+            axes = tuple(int(v) for v in rng.integers(3, 16, 2))
+            cv2.ellipse(img, c, axes, float(rng.uniform(0, 180)), 0, 360, color, -1)
+        else:
+            d = rng.integers(4, 18, 2)
+            cv2.rectangle(img, c, (c[0] + int(d[0]), c[1] + int(d[1])), color, -1)
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+
+
+def transformed(img: np.ndarray, angle: float = 8.0, scale: float = 0.92) -> np.ndarray:
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    return cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def write(path: Path, img: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+def make_set(root: Path, n_db: int = 12, queries_of: tuple[int, ...] = (0, 3, 7, 11),
+             n_train: int = 0) -> tuple[list[Image], list[Query], list[Image]]:
+    """`n_db` scenes, transformed copies of some of them as queries, optional train scenes."""
+    database = [Image(id=f"db{i}", path=write(root / f"db{i}.png", scene(i)))
+                for i in range(n_db)]
+    queries = [Query(id=f"q{i}", path=write(root / f"q{i}.png", transformed(scene(i))))
+               for i in queries_of]
+    train = [Image(id=f"tr{i}", path=write(root / f"tr{i}.png", scene(1000 + i)))
+             for i in range(n_train)]
+    return database, queries, train
+
+
+def small_config(**kw) -> BowConfig:
+    return dataclasses.replace(BowConfig(vocabulary_size=256, kmeans_iterations=10), **kw)
+
+
+# -- keypoints ----------------------------------------------------------------------------
+
+
+def test_extract_image_arrays(tmp_path):
+    path = write(tmp_path / "a.png", scene(0))
+    out = extract_image(path, None, SiftParams())
+    n = len(out["x"])
+    assert n > 50
+    assert out["descriptors"].shape == (n, 128) and out["descriptors"].dtype == np.uint8
+    for name in ("x", "y", "scale", "angle", "response"):
+        assert out[name].shape == (n,) and out[name].dtype == np.float32
+    assert out["x"].min() >= -0.5 and out["x"].max() < 160
+    assert out["y"].min() >= -0.5 and out["y"].max() < 160
+    assert (out["scale"] > 0).all()
+    assert out["angle"].min() >= 0 and out["angle"].max() < 2 * math.pi + 1e-6
+    # the cap keeps the strongest responses
+    capped = extract_image(path, None, SiftParams(max_keypoints=20))
+    assert len(capped["x"]) == 20
+    assert capped["response"].min() >= np.sort(out["response"])[-20] - 1e-6
+
+
+def test_flat_image_has_no_keypoints(tmp_path):
+    path = write(tmp_path / "flat.png", np.full((64, 64, 3), 128, np.uint8))
+    out = extract_image(path, None, SiftParams())
+    assert out["descriptors"].shape == (0, 128)
+    assert all(out[k].shape == (0,) for k in ("x", "y", "scale", "angle"))
+
+
+def test_rootsift_property():
+    rng = np.random.default_rng(0)
+    d = rng.integers(0, 256, size=(50, 128)).astype(np.uint8)
+    d[3] = 0
+    r = rootsift(d)
+    assert r.dtype == np.float32
+    norms = np.linalg.norm(r, axis=1)
+    np.testing.assert_allclose(np.delete(norms, 3), 1.0, atol=1e-5)
+    assert norms[3] == 0
+    # squaring gives back the L1-normalized SIFT vector (the Hellinger mapping)
+    d64 = d.astype(np.float64)
+    l1 = np.maximum(d64.sum(1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(r.astype(np.float64) ** 2, d64 / l1, atol=1e-6)
+
+
+def test_query_crop_is_described_in_full_image_frame(tmp_path):
+    img = scene(5)
+    path = write(tmp_path / "full.png", img)
+    box = (30.7, 20.2, 140.0, 150.9)  # crop origin: floor -> (30, 20)
+    crop_path = write(tmp_path / "crop.png", img[20:151, 30:140])
+    ctx = RunContext(cache=Cache(tmp_path / "cache"), workers=1)
+    params = SiftParams()
+    feats = extract_features([Query("q", path, box=box, crop=True)], params, ctx)
+    ref = extract_image(crop_path, None, params)
+    assert feats.n_features == len(ref["x"]) > 0
+    np.testing.assert_allclose(feats.x, ref["x"] + 30, atol=1e-4)
+    np.testing.assert_allclose(feats.y, ref["y"] + 20, atol=1e-4)
+    np.testing.assert_array_equal(feats.descriptors, ref["descriptors"])
+    # crop=False: the whole image, the box ignored
+    full = extract_features([Query("q", path, box=box, crop=False)], params, ctx)
+    assert full.n_features == len(extract_image(path, None, params)["x"])
+
+
+def test_downscaled_image_keeps_original_frame(tmp_path):
+    path = write(tmp_path / "big.png", cv2.resize(scene(2), (320, 320)))
+    small = extract_image(path, None, SiftParams(max_image_side=160))
+    full = extract_image(path, None, SiftParams(max_image_side=0))
+    assert len(small["x"]) > 0
+    assert small["x"].max() < 320 and small["y"].max() < 320
+    assert small["x"].max() > 200  # mapped back, not left in the 160-pixel frame
+    # each downscaled keypoint lies near a full-resolution one
+    d = np.hypot(small["x"][:, None] - full["x"][None], small["y"][:, None] - full["y"][None])
+    assert np.median(d.min(axis=1)) < 2.0
+
+
+def test_corrupt_image_raises_naming_file(tmp_path):
+    good = Image("good", write(tmp_path / "good.png", scene(1)))
+    bad_path = tmp_path / "broken_image.png"
+    bad_path.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    ctx = RunContext(cache=Cache(tmp_path / "cache"), workers=1)
+    with pytest.raises(ImageReadError, match="broken_image.png"):
+        extract_features([good, Image("bad", bad_path)], SiftParams(), ctx)
+    with pytest.raises(ImageReadError, match="missing.png"):
+        extract_features([Image("m", tmp_path / "missing.png")], SiftParams(), ctx)
+
+
+def test_two_workers_match_one_and_propagate_errors(tmp_path):
+    images = [Image(f"i{i}", write(tmp_path / f"i{i}.png", scene(i))) for i in range(5)]
+    params = SiftParams(max_keypoints=100)
+    one = extract_features(images, params, RunContext(cache=Cache(tmp_path / "c1"), workers=1))
+    two = extract_features(images, params, RunContext(cache=Cache(tmp_path / "c2"), workers=2))
+    np.testing.assert_array_equal(one.offsets, two.offsets)
+    np.testing.assert_array_equal(one.descriptors, two.descriptors)
+    np.testing.assert_array_equal(one.x, two.x)
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ImageReadError, match="corrupt.jpg"):
+        extract_features([*images, Image("bad", bad)], params,
+                         RunContext(cache=Cache(tmp_path / "c3"), workers=2))
+
+
+# -- vocabulary ---------------------------------------------------------------------------
+
+
+def test_vocabulary_size_rules():
+    assert auto_vocabulary_size(40 * 1000) == 512
+    assert auto_vocabulary_size(40 * 1024) == 1024
+    assert auto_vocabulary_size(1000) == 256  # clamped up to 256
+    assert auto_vocabulary_size(10**9) == 65536  # clamped down
+    assert auto_vocabulary_size(100) == 64  # never more words than descriptors
+    assert resolve_vocabulary_size(0, 40 * 2048) == 2048
+    assert resolve_vocabulary_size(100, 5000) == 100
+    with pytest.raises(ConfigError):
+        resolve_vocabulary_size(5000, 100)
+    with pytest.raises(ConfigError):
+        resolve_vocabulary_size(0, 0)
+
+
+def test_sampling_and_kmeans_are_seeded():
+    a = sample_indices(1000, 100, seed=3)
+    assert len(a) == 100 and len(np.unique(a)) == 100 and (np.diff(a) > 0).all()
+    np.testing.assert_array_equal(a, sample_indices(1000, 100, seed=3))
+    assert not np.array_equal(a, sample_indices(1000, 100, seed=4))
+    np.testing.assert_array_equal(sample_indices(50, 100, seed=0), np.arange(50))
+    np.testing.assert_array_equal(sample_indices(50, 0, seed=0), np.arange(50))
+    x = np.random.default_rng(0).random((500, 8), dtype=np.float32)
+    c1 = train_kmeans(x, 16, niter=5, seed=1)
+    c2 = train_kmeans(x, 16, niter=5, seed=1)
+    np.testing.assert_array_equal(c1, c2)
+    words = Vocabulary(c1).quantize(x, batch_size=64)
+    brute = np.argmin(((x[:, None, :] - c1[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(words, brute)
+
+
+# -- inverted file ------------------------------------------------------------------------
+
+
+def dense_tfidf(words, offsets, n_words, idf=None):
+    """Naive dense reference: tf matrix, idf = log(N / n_w), rows L2-normalized."""
+    n = len(offsets) - 1
+    tf = np.zeros((n, n_words))
+    for i in range(n):
+        for w in words[offsets[i]:offsets[i + 1]]:
+            tf[i, w] += 1
+    if idf is None:
+        df = (tf > 0).sum(0)
+        idf = np.array([math.log(n / c) if c else 0.0 for c in df])
+    v = tf * idf
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.divide(v, norms, out=np.zeros_like(v), where=norms > 0), idf
+
+
+def random_bow(rng, n, n_words, max_len, empty=()):
+    counts = rng.integers(1, max_len, n)
+    counts[list(empty)] = 0
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    words = rng.zipf(1.5, int(offsets[-1])) % n_words
+    return words.astype(np.uint32), offsets
+
+
+def test_ranges():
+    np.testing.assert_array_equal(ranges([5, 0, 9], [2, 0, 3]), [5, 6, 9, 10, 11])
+    assert ranges([], []).size == 0
+
+
+def test_invfile_csr_matches_dense_tfidf():
+    rng = np.random.default_rng(0)
+    n_words = 55  # words 50..54 occur nowhere
+    words, offsets = random_bow(rng, 40, 50, 60, empty=(5,))
+    index = TfIdfIndex.build(words, offsets, n_words)
+    inv = index.invfile
+    # CSR structure
+    assert inv.indptr.dtype == np.int64 and inv.indptr.shape == (n_words + 1,)
+    assert inv.image_ids.dtype == np.uint32 and inv.columns["weight"].dtype == np.float32
+    assert inv.indptr[0] == 0 and (np.diff(inv.indptr) >= 0).all()
+    dense, idf = dense_tfidf(words, offsets, n_words)
+    tf = _tf(words, offsets, n_words)
+    assert inv.n_postings == int((tf > 0).sum())  # one per (word, image)
+    assert (idf[50:] == 0).all() and (inv.list_lengths()[50:] == 0).all()
+    for w in range(n_words):
+        ids = inv.image_ids[inv.postings(w)].astype(np.int64)
+        assert (np.diff(ids) > 0).all()  # sorted, one posting per (word, image)
+        np.testing.assert_allclose(inv.columns["weight"][inv.postings(w)], dense[ids, w],
+                                   atol=1e-6)
+    np.testing.assert_allclose(index.idf, idf, atol=1e-6)
+    np.testing.assert_array_equal(inv.document_frequency(), (tf > 0).sum(0))
+    assert index.nbytes == inv.indptr.nbytes + inv.image_ids.nbytes + inv.columns["weight"].nbytes \
+        + index.idf.nbytes
+    # scores against the naive dense computation
+    qwords, qoffsets = random_bow(rng, 7, n_words, 30, empty=(2,))  # query 2 is empty
+    qdense, _ = dense_tfidf(qwords, qoffsets, n_words, idf=idf)
+    expected = qdense @ dense.T
+    got = index.scores(qwords, qoffsets)
+    assert got.shape == (7, 40) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert (got[2] == 0).all()
+    np.testing.assert_array_equal(index.scores(qwords, qoffsets, block_elements=80), got)
+    for block in (1 << 22, 80, 1):  # all queries in one block, two per block, one
+        ranks, top = index.search(qwords, qoffsets, 10, block_elements=block)
+        ref_ranks, ref_top = topk_from_scores(got, 10)
+        np.testing.assert_array_equal(ranks, ref_ranks)
+        np.testing.assert_array_equal(top, ref_top)
+    np.testing.assert_array_equal(ranks[2], np.arange(10))  # all-zero scores: lower index first
+    ranks, top = index.search(qwords, qoffsets, 100)
+    assert ranks.shape == (7, 40)
+
+
+def _tf(words, offsets, n_words):
+    n = len(offsets) - 1
+    img = np.repeat(np.arange(n), np.diff(offsets))
+    tf = np.zeros((n, n_words))
+    np.add.at(tf, (img, words.astype(np.int64)), 1)
+    return tf
+
+
+def test_invfile_per_feature_postings_with_columns():
+    rng = np.random.default_rng(1)
+    words = rng.integers(0, 10, 200)
+    images = rng.integers(0, 30, 200)
+    sig = rng.integers(0, 2**63, 200, dtype=np.uint64)
+    inv = InvertedFile.from_postings(words, images, 10, 30, {"signature": sig,
+                                                             "feature": np.arange(200)})
+    assert inv.n_postings == 200 and inv.columns["signature"].dtype == np.uint64
+    feat = inv.columns["feature"]
+    np.testing.assert_array_equal(inv.columns["signature"], sig[feat])
+    np.testing.assert_array_equal(inv.image_ids, images[feat])
+    np.testing.assert_array_equal(inv.word_of_posting(), words[feat])
+    np.testing.assert_array_equal(inv.list_lengths(), np.bincount(words, minlength=10))
+    df = [len(set(images[words == w])) for w in range(10)]
+    np.testing.assert_array_equal(inv.document_frequency(), df)
+    pos, src = inv.gather(np.array([3, 7]))
+    assert set(feat[pos]) == set(np.flatnonzero(np.isin(words, [3, 7])))
+    np.testing.assert_array_equal(np.array([3, 7])[src], inv.word_of_posting()[pos])
+    assert inv.nbytes == inv.indptr.nbytes + 200 * 4 + sig.nbytes + feat.nbytes
+
+
+# -- the method ---------------------------------------------------------------------------
+
+
+def run_bow(root: Path, cache_dir: Path, config: BowConfig | None = None, *, n_train: int = 0,
+            workers: int = 1):
+    database, queries, train = make_set(root, n_train=n_train)
+    ctx = RunContext(cache=Cache(cache_dir), workers=workers, dataset_id="synthetic@1")
+    method = BowMethod(config or small_config(), ctx)
+    method.fit(train)
+    method.index(database)
+    ranks, scores = method.query(queries, 5)
+    return method, ranks, scores
+
+
+def test_bow_end_to_end_finds_originals(tmp_path):
+    method, ranks, scores = run_bow(tmp_path / "data", tmp_path / "cache")
+    assert ranks.dtype == np.int64 and scores.dtype == np.float32
+    assert ranks.shape == scores.shape == (4, 5)
+    np.testing.assert_array_equal(ranks[:, 0], [0, 3, 7, 11])
+    assert (np.diff(scores, axis=1) <= 0).all()
+    assert (scores[:, 0] > scores[:, 1]).all()
+    info = method.info()
+    assert info["vocabulary_trained_on"] == "database"
+    assert info["vocabulary_size"] == 256
+    assert info["n_training_descriptors"] == info["database_features"] > 0
+    assert info["postings"] > 0
+    assert method.index_bytes() > 0
+    json.dumps(info)  # goes into the run record
+
+
+def test_bow_trains_on_train_split_and_caps_descriptors(tmp_path):
+    cfg = small_config(vocabulary_size=0, max_training_descriptors=1000)
+    method, ranks, _ = run_bow(tmp_path / "data", tmp_path / "cache", cfg, n_train=3)
+    info = method.info()
+    assert info["vocabulary_trained_on"] == "train"
+    assert info["n_training_images"] == 3
+    assert info["n_training_descriptors"] == min(1000, info["n_available_training_descriptors"])
+    assert info["vocabulary_size"] == auto_vocabulary_size(info["n_training_descriptors"])
+    assert info["vocabulary_size_auto"] is True
+    assert ranks[0, 0] == 0
+
+
+def test_bow_is_deterministic(tmp_path):
+    _, r1, s1 = run_bow(tmp_path / "data", tmp_path / "cache1")
+    _, r2, s2 = run_bow(tmp_path / "data", tmp_path / "cache2")
+    np.testing.assert_array_equal(r1, r2)
+    np.testing.assert_array_equal(s1, s2)
+
+
+def test_bow_reuses_cache(tmp_path):
+    m1, r1, s1 = run_bow(tmp_path / "data", tmp_path / "cache")
+    assert not any(e.hit for e in m1.context.cache.events)
+    m2, r2, s2 = run_bow(tmp_path / "data", tmp_path / "cache")
+    hits = {e.kind for e in m2.context.cache.events if e.hit}
+    assert {"bow/vocabulary", "bow/words-database", "bow/words-queries"} <= hits
+    assert not any(not e.hit for e in m2.context.cache.events)
+    np.testing.assert_array_equal(r1, r2)
+    np.testing.assert_array_equal(s1, s2)
+    # a different vocabulary reuses the SIFT features but nothing after them
+    m3, _, _ = run_bow(tmp_path / "data", tmp_path / "cache", small_config(vocabulary_size=128))
+    events = {(e.kind, e.hit) for e in m3.context.cache.events}
+    assert ("sift/features", True) in events
+    assert ("bow/vocabulary", False) in events
+
+
+def test_bow_config_fields_and_sift_params():
+    cfg = BowConfig()
+    assert cfg.vocabulary_size == 0 and cfg.max_keypoints == 2000 and cfg.rootsift
+    p = sift_params(cfg)
+    assert p == SiftParams()
+    assert BowMethod.name == "bow" and BowMethod.description

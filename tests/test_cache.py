@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from irbench.harness.cache import Cache
+
+
+def test_load_or_compute_reuses(tmp_path):
+    cache = Cache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": np.arange(5), "n": 5}
+
+    a = cache.load_or_compute("kind", {"k": 1}, compute)
+    b = cache.load_or_compute("kind", {"k": 1}, compute)
+    assert len(calls) == 1 and b["n"] == 5 and np.array_equal(a["x"], b["x"])
+    assert [e.hit for e in cache.events] == [False, True]
+    cache.load_or_compute("kind", {"k": 2}, compute)
+    assert len(calls) == 2
+    Cache(tmp_path, overwrite=True).load_or_compute("kind", {"k": 1}, compute)
+    assert len(calls) == 3
+
+
+def test_half_written_artifact_is_not_trusted(tmp_path):
+    cache = Cache(tmp_path)
+    cache.load_or_compute("kind", {"k": 1}, lambda: {"x": np.ones(3)})
+    path = cache.path_for("kind", cache.key_of("kind", {"k": 1}))
+    (path / "meta.json").unlink()  # as if interrupted before the completion marker
+    out = cache.load_or_compute("kind", {"k": 1}, lambda: {"x": np.zeros(3)})
+    assert out["x"].sum() == 0
+
+
+def test_map_cached_resumes_after_interruption(tmp_path):
+    items = list(range(10))
+    done = []
+
+    def compute(chunk, fail_at=None):
+        out = []
+        for i in chunk:
+            if i == fail_at:
+                raise KeyboardInterrupt
+            done.append(i)
+            out.append({"v": np.full((i % 3, 2), i, np.float32)})
+        return out
+
+    with pytest.raises(KeyboardInterrupt):
+        Cache(tmp_path).map_cached("m", {"k": 1}, items, lambda c: compute(c, fail_at=7),
+                                   shard_size=3)
+    assert done == [0, 1, 2, 3, 4, 5, 6]
+    done.clear()
+    out = Cache(tmp_path).map_cached("m", {"k": 1}, items, compute, shard_size=3)
+    assert done == [6, 7, 8, 9]  # shards [0,3) and [3,6) were reused
+    counts = np.diff(out["offsets"])
+    assert counts.tolist() == [i % 3 for i in items]
+    assert out["v"][out["offsets"][4]:out["offsets"][5]].tolist() == [[4, 4]]
+    again = Cache(tmp_path)
+    again.map_cached("m", {"k": 1}, items, compute, shard_size=3)
+    assert again.events[-1].hit
+
+
+def test_disabled_cache_writes_nothing(tmp_path):
+    cache = Cache(tmp_path / "c", enabled=False)
+    cache.load_or_compute("kind", {}, lambda: {"x": np.ones(2)})
+    cache.map_cached("m", {}, [1, 2], lambda c: [{"v": np.ones(1)} for _ in c])
+    assert not (tmp_path / "c").exists()

@@ -1,0 +1,46 @@
+import json
+
+from irbench.harness.runner import RunOptions, run
+from irbench.results import leaderboard as lb
+from tests.tiny import MeanColor, make_manifest
+
+
+def _records(tmp_path):
+    ds = f"manifest:{make_manifest(tmp_path / 'data')}"
+    opts = RunOptions(cache_dir=tmp_path / "c", results_dir=tmp_path / "r", workers=1)
+    return [run(MeanColor, ds, opts), run(MeanColor, ds, opts, {"grid": "1"})]
+
+
+def test_overview_rows_and_reported(tmp_path):
+    recs = _records(tmp_path)
+    t = lb.overview(recs)
+    assert "tiny" in t.columns and "oxford5k" in t.columns and "instre-s" in t.columns
+    measured = [r for i, r in enumerate(t.rows) if i not in t.reported_rows]
+    assert {r[1] for r in measured} == {"default", "grid=1"}
+    reported = [t.rows[i] for i in t.reported_rows]
+    assert all(r[2].startswith("reported") for r in reported)
+    values = {r[t.columns.index("instre-s")] for r in reported}
+    assert {"28.6", "26.9", "32.2"} <= values
+    assert any(r[t.columns.index("oxford5k")] == "40.4" for r in reported)
+    cell = measured[0][t.columns.index("tiny")]
+    assert float(cell) == round(100 * recs[0].primary_map(), 2) or float(cell) == round(
+        100 * recs[1].primary_map(), 2)
+    assert not lb.overview(recs, reported=False).reported_rows
+
+
+def test_detail_and_exports(tmp_path):
+    recs = _records(tmp_path)
+    t = lb.detail(recs, "tiny")
+    assert {"mAP", "mP@1", "mP@3", "index s", "peak MiB"} <= set(t.columns)
+    assert len(t.rows) == 2
+    md = lb.to_markdown(t)
+    assert md.count("\n|") >= 3
+    assert lb.to_csv(t).splitlines()[0].startswith("method,config")
+    assert len(json.loads(lb.to_json(t))["rows"]) == 2
+
+
+def test_latest_record_wins(tmp_path):
+    recs = _records(tmp_path)
+    old = recs[0]
+    newer = type(old)(**{**old.__dict__, "date": "9999-01-01", "metrics": old.metrics})
+    assert lb.latest_records([old, newer])[0] is newer
