@@ -85,25 +85,28 @@ def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, workers,
 def records_table(records: list[RunRecord]) -> Table:
     """The metrics of some run records, one row per run and setting."""
     first = records[0]
-    table = Table(title=f"{first.dataset} ({first.topk} ranked per query)")
-    table.add_column("method")
+    table = Table(title=f"{first.dataset}: metrics in % ({first.topk} ranked per query)")
+    table.add_column("method", no_wrap=True)
     table.add_column("config")
-    table.add_column("setting")
-    table.add_column("mAP %", justify="right")
+    named = any(s for r in records for s in r.metrics["settings"])
+    if named:
+        table.add_column("setting")
+    table.add_column("mAP", justify="right")
     ks = list(next(iter(first.metrics["settings"].values()), {}).get("precision_at", {}))
     for k in ks:
-        table.add_column(f"mP@{k} %", justify="right")
+        table.add_column(f"mP@{k}", justify="right")
     has_ns = "ns_score" in first.metrics
     if has_ns:
         table.add_column("N-S", justify="right")
     table.add_column("queries", justify="right")
     table.add_column("wall s", justify="right")
-    table.add_column("stages reused")
+    table.add_column("reused")
     for r in records:
         wall = sum(t.wall_s for t in r.timings.values() if not t.cached)
-        reused = ", ".join(s for s, t in r.timings.items() if t.cached) or "none"
+        cached = [s for s, t in r.timings.items() if t.cached]
+        reused = "all" if len(cached) >= 3 else (",".join(cached) or "none")
         for setting, m in r.metrics["settings"].items():
-            row = [r.method, config_label(r), setting or "—", _pct(m["map"])]
+            row = [r.method, config_label(r), *([setting] if named else []), _pct(m["map"])]
             row += [_pct(m["precision_at"].get(k)) for k in ks]
             if has_ns:
                 row.append(f"{r.metrics['ns_score']:.3f}")

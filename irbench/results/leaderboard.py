@@ -111,7 +111,7 @@ def overview(records: list[RunRecord], *, reported: bool = True) -> Table:
             col = _column(rep.dataset, rep.setting)
             if col not in columns:
                 columns.append(col)
-            key = (rep.method, rep.config, f"reported ({rep.source})")
+            key = (rep.method, rep.config, "reported")
             cells.setdefault(key, {})[col] = f"{rep.map_percent:.1f}"
     table = Table(title="mAP (%)", columns=["method", "config", "kind", *columns])
     for i, (key, row) in enumerate(sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][2]
@@ -150,6 +150,9 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True) -> 
         cols.append("N-S")
     cols += ["queries", "fit s", "index s", "query s", "peak MiB", "index MiB"]
     table = Table(title=f"{dataset}: metrics in %, times in wall seconds", columns=cols)
+    if reported and any(rep.dataset == dataset for rep in REPORTED):
+        table.notes.append(f"rows of kind 'reported' are numbers printed in {PAPER}, "
+                           "not measured here")
     for r in records:
         row = [r.method, config_label(r), "untrained" if r.untrained else "measured"]
         for s in settings:
@@ -171,7 +174,7 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True) -> 
     if reported:
         for rep in REPORTED:
             if rep.dataset == dataset:
-                row = [rep.method, rep.config, f"reported ({rep.source})"]
+                row = [rep.method, rep.config, "reported"]
                 row += [f"{rep.map_percent:.1f}" if c.endswith("mAP") and
                         (rep.setting == "" or c.startswith(rep.setting)) else ""
                         for c in metric_cols]

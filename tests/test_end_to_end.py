@@ -1,0 +1,56 @@
+"""The main job as a new user runs it: `bench run --method bow --dataset demo`, twice."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from irbench.cli.main import cli
+from irbench.datasets import load
+
+
+@pytest.mark.slow
+def test_bow_on_demo_twice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner(env={"COLUMNS": "200"})
+    first = runner.invoke(cli, ["run", "--method", "bow", "--dataset", "demo", "-q"],
+                          catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    files = list(Path(os.environ["IRBENCH_RESULTS"]).glob("*.json"))
+    assert len(files) == 1
+    rec1 = json.loads(files[0].read_text())
+    second = runner.invoke(cli, ["run", "--method", "bow", "--dataset", "demo", "-q"],
+                           catch_exceptions=False)
+    assert second.exit_code == 0
+    rec2 = json.loads(files[0].read_text())
+    assert rec2["metrics"] == rec1["metrics"]
+    assert all(rec2["timings"][s]["cached"] for s in ("fit", "index", "query"))
+    ds = load("demo")
+    chance = np.mean([len(t["positives"]) / len(ds.database) for t in ds.ground_truth])
+    assert rec1["metrics"]["settings"][""]["map"] > 3 * chance
+    assert rec1["method_info"]["vocabulary_trained_on"] == "train"
+    board = runner.invoke(cli, ["leaderboard", "--format", "csv"])
+    assert "bow,default,measured" in board.output
+
+
+@pytest.mark.slow
+def test_bow_on_a_folder_of_photographs(tmp_path):
+    """`folder:DIR` on the demo's photographic views, laid out one subfolder per object."""
+    ds = load("demo", objects=6)
+    root = tmp_path / "photos"
+    for im in ds.database:
+        if im.label is not None:
+            (root / im.label).mkdir(parents=True, exist_ok=True)
+            (root / im.label / im.path.name).write_bytes(im.path.read_bytes())
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(
+        cli, ["run", "-m", "bow", "-d", f"folder:{root}", "-q", "--results-dir",
+              str(tmp_path / "r")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rec = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
+    m = rec["metrics"]["settings"][""]
+    assert m["queries_evaluated"] == 6 * 7
+    assert rec["protocol"]["exclude_query"]
+    assert m["map"] > 3 * (6 / 41)
