@@ -87,14 +87,14 @@ def records_table(records: list[RunRecord]) -> Table:
     first = records[0]
     table = Table(title=f"{first.dataset}: metrics in % ({first.topk} ranked per query)")
     table.add_column("method", no_wrap=True)
-    table.add_column("config")
+    table.add_column("config", min_width=7, overflow="fold")
     named = any(s for r in records for s in r.metrics["settings"])
     if named:
         table.add_column("setting")
-    table.add_column("mAP", justify="right")
+    table.add_column("mAP", justify="right", min_width=5, no_wrap=True)
     ks = list(next(iter(first.metrics["settings"].values()), {}).get("precision_at", {}))
     for k in ks:
-        table.add_column(f"mP@{k}", justify="right")
+        table.add_column(f"mP@{k}", justify="right", min_width=5, no_wrap=True)
     has_ns = "ns_score" in first.metrics
     if has_ns:
         table.add_column("N-S", justify="right")
