@@ -18,7 +18,7 @@ import numpy as np
 
 from irbench.datasets.base import Image, Query, image_list_digest
 from irbench.harness.cache import Cache, default_cache_dir
-from irbench.harness.config import config_hash, config_to_dict
+from irbench.harness.config import config_hash
 from irbench.harness.parallel import default_workers
 from irbench.harness.progress import NULL_PROGRESS, Progress
 
@@ -156,6 +156,3 @@ class GlobalDescriptorMethod(Method):
     def index_bytes(self) -> int | None:
         db = getattr(self, "_database", None)
         return None if db is None else int(db.nbytes)
-
-    def config_dict(self) -> dict[str, Any]:
-        return config_to_dict(self.config)
