@@ -54,3 +54,25 @@ def test_bow_on_a_folder_of_photographs(tmp_path):
     assert m["queries_evaluated"] == 6 * 7
     assert rec["protocol"]["exclude_query"]
     assert m["map"] > 3 * (6 / 41)
+
+
+@pytest.mark.slow
+def test_bow_on_oxford5k_laid_out_as_the_readme_says(tmp_path, monkeypatch):
+    """Acceptance: the official Oxford ground truth + placeholder images under the data
+    root, then `bench run --method bow --dataset oxford5k` end to end."""
+    from tests.conftest import OFFICIAL
+    from tests.placeholders import make_oxford
+
+    if not OFFICIAL.is_dir():
+        pytest.skip("official fixtures not found")
+    root = make_oxford(tmp_path / "data", distinct=True, size=1024)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner(env={"COLUMNS": "200"})
+    result = runner.invoke(cli, ["run", "--method", "bow", "--dataset", "oxford5k",
+                                 "--data-root", str(root), "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    [record] = [json.loads(f.read_text())
+                for f in Path(os.environ["IRBENCH_RESULTS"]).glob("*.json")]
+    assert record["dataset"] == "oxford5k"
+    assert record["metrics"]["settings"][""]["queries_evaluated"] == 55
+    assert record["protocol"]["crop_query"] is True

@@ -7,6 +7,7 @@ import sys
 import click
 
 import irbench
+from irbench.cli.data import data_cmd
 from irbench.cli.leaderboard import leaderboard_cmd
 from irbench.cli.registry_cmds import datasets_cmd, methods_cmd
 from irbench.cli.run import run_cmd
@@ -46,6 +47,7 @@ cli.add_command(run_cmd)
 cli.add_command(methods_cmd)
 cli.add_command(datasets_cmd)
 cli.add_command(leaderboard_cmd)
+cli.add_command(data_cmd)
 
 
 def main() -> None:

@@ -134,6 +134,53 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A contiguous run `[start, stop)` of database images that several datasets share
+    (a distractor set). `name` (e.g. `flickr100k@1`) replaces the dataset id in the cache
+    keys of the run's per-image artifacts, so their features are computed once and reused
+    by every base dataset the distractors are attached to."""
+
+    name: str
+    start: int
+    stop: int
+
+
+class ImageList(tuple):
+    """A tuple of `Image`s that knows which runs of it are shared `Segment`s."""
+
+    segments: tuple[Segment, ...]
+
+    def __new__(cls, images: Sequence[Image] = (), segments: Sequence[Segment] = ()):
+        self = super().__new__(cls, images)
+        n = len(self)
+        for seg in segments:
+            if not 0 <= seg.start <= seg.stop <= n:
+                raise ValueError(f"segment {seg.name} [{seg.start}, {seg.stop}) is outside "
+                                 f"the {n} images")
+        self.segments = tuple(segments)
+        return self
+
+    def __reduce__(self):
+        return (ImageList, (tuple(self), self.segments))
+
+
+def split_segments(images: Sequence[Any]) -> list[tuple[Segment | None, int, int]]:
+    """Cut an image list into its shared segments and the runs between them (None)."""
+    segments = sorted(getattr(images, "segments", ()), key=lambda s: s.start)
+    out: list[tuple[Segment | None, int, int]] = []
+    pos = 0
+    for seg in segments:
+        if seg.start > pos:
+            out.append((None, pos, seg.start))
+        if seg.stop > seg.start:
+            out.append((seg, seg.start, seg.stop))
+        pos = max(pos, seg.stop)
+    if pos < len(images) or not out:
+        out.append((None, pos, len(images)))
+    return out
+
+
+@dataclass(frozen=True)
 class Dataset:
     """A loaded dataset. Indices in ground truth refer to positions in `database`."""
 
@@ -209,6 +256,13 @@ class DatasetProvider:
     Config: ClassVar[type] = NoOptions
     takes_argument: ClassVar[bool] = False
     """True when the dataset is named `NAME:ARGUMENT` (e.g. `folder:PATH`)."""
+    packages: ClassVar[tuple[str, ...]] = ()
+    """Data packages (`irbench.datasets.catalog`) it is read from: what `bench data
+    fetch NAME` gets and `bench data verify / info NAME` check."""
+
+    check_files: bool = True
+    """Loaders that read an image list check that every file exists (`bench data verify`
+    turns this off to list every missing file itself)."""
 
     def __init__(self, config: Any, data_root: Path, cache_dir: Path,
                  argument: str | None = None) -> None:

@@ -43,3 +43,27 @@ def crop(image: np.ndarray, box: Box, *, path: str | Path = "<array>") -> np.nda
     if ix2 <= ix1 or iy2 <= iy1:
         raise ImageReadError(path, f"box {tuple(box)} is empty inside the {w}x{h} image")
     return image[iy1:iy2, ix1:ix2]
+
+
+def jpeg_problem(path: str | Path) -> str | None:
+    """A cheap integrity check that reads only both ends of the file: a JPEG must start
+    with the SOI marker and have the EOI marker near its end (a truncated download lacks
+    it, yet OpenCV still decodes the top of the picture). None when nothing is wrong."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(2)
+            fh.seek(max(0, size - 4096))
+            tail = fh.read()
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+    if size == 0:
+        return "empty file"
+    if head != b"\xff\xd8":
+        return "not a JPEG (no start-of-image marker)"
+    if b"\xff\xd9" not in tail:
+        return "truncated JPEG (no end-of-image marker)"
+    return None

@@ -199,6 +199,20 @@ def _concat_items(per_item: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
     return out
 
 
+def merge_artifacts(parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Concatenate `map_cached` results of consecutive item lists (offsets shifted);
+    an empty part (only `offsets`) is skipped."""
+    nonempty = [p for p in parts if len(p) > 1]
+    if not nonempty:
+        return {"offsets": np.zeros(1, np.int64)}
+    template = nonempty[0]
+    shards = [dict(p) if len(p) > 1 else
+              {**{k: np.asarray(v)[:0] for k, v in template.items() if k != "offsets"},
+               "offsets": np.asarray(p["offsets"])}
+              for p in parts]
+    return _merge_shards(shards)
+
+
 def _merge_shards(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     offsets = [np.zeros(1, np.int64)]
     base = 0

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from irbench.datasets.base import Image, Query, image_list_digest
+from irbench.datasets.base import Image, Query, image_list_digest, split_segments
 from irbench.harness.cache import Cache, default_cache_dir
 from irbench.harness.config import config_hash
 from irbench.harness.parallel import default_workers
@@ -93,13 +93,15 @@ class Method:
     # -- helpers -----------------------------------------------------------------------
 
     def cached(self, stage: str, key: dict[str, Any], compute, *,
-               fields: Iterable[str] | None = None) -> dict[str, Any]:
+               fields: Iterable[str] | None = None, dataset: str | None = None
+               ) -> dict[str, Any]:
         """`context.cache.load_or_compute` with a key made of the method's name, the hash
-        of `fields` of its config (all fields when None), the dataset id, and `key`."""
+        of `fields` of its config (all fields when None), the dataset id (or `dataset`,
+        the name of a shared segment), and `key`."""
         full_key = {
             "method": self.name,
             "config": config_hash(self.config, fields),
-            "dataset": self.context.dataset_id,
+            "dataset": self.context.dataset_id if dataset is None else dataset,
             "seed": self.context.seed,
             **key,
         }
@@ -128,16 +130,25 @@ class GlobalDescriptorMethod(Method):
         raise NotImplementedError
 
     def features(self, role: str, images: Sequence[Image | Query]) -> np.ndarray:
-        def compute() -> dict[str, Any]:
-            feats = np.ascontiguousarray(self.encode(images), dtype=np.float32)
-            if feats.shape[0] != len(images):
-                raise RuntimeError(f"{self.name}.encode returned {feats.shape[0]} rows for "
-                                   f"{len(images)} images")
-            return {"features": feats}
+        """Encoded (and cached) features of `images`; a shared segment of the list (a
+        distractor set) is cached under its own name, once for every base dataset."""
+        parts = []
+        for segment, start, stop in split_segments(images):
+            part = tuple(images[start:stop])
 
-        art = self.cached(f"features-{role}", self.images_key(images), compute,
-                          fields=self.feature_fields)
-        feats = art["features"]
+            def compute(part=part) -> dict[str, Any]:
+                feats = np.ascontiguousarray(self.encode(part), dtype=np.float32)
+                if feats.shape[0] != len(part):
+                    raise RuntimeError(f"{self.name}.encode returned {feats.shape[0]} rows "
+                                       f"for {len(part)} images")
+                return {"features": feats}
+
+            stage = f"features-{role}" if segment is None else "features-shared"
+            art = self.cached(stage, self.images_key(part), compute,
+                              fields=self.feature_fields,
+                              dataset=None if segment is None else segment.name)
+            parts.append(art["features"])
+        feats = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         if self.normalize:
             from irbench.harness.search import l2_normalize
 

@@ -48,8 +48,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from irbench.datasets.base import Box, Image, Query, image_list_digest
+from irbench.datasets.base import Box, Image, Query, image_list_digest, split_segments
 from irbench.datasets.images import crop, read_image
+from irbench.harness.cache import merge_artifacts
 from irbench.harness.config import param
 from irbench.harness.parallel import parallel_map
 
@@ -286,14 +287,17 @@ def extract_features(images: Sequence[Image | Query], params: SiftParams, contex
     An image that cannot be read raises `ImageReadError` naming the file; an image with
     no keypoints gets zero rows.
     """
-    images = list(images)
-
     def compute_chunk(chunk: Sequence[Image | Query]) -> list[dict[str, np.ndarray]]:
         tasks = [(str(im.path), _crop_box_of(im), params) for im in chunk]
         return parallel_map(_worker, tasks, workers=context.workers, chunksize=8)
 
-    art = context.cache.map_cached(
-        "sift/features", features_key(images, params, context.dataset_id), images,
-        compute_chunk, shard_size=shard_size, progress=context.progress,
-        description=description)
+    parts = []
+    for segment, start, stop in split_segments(images):  # shared distractors: cached once
+        part = list(images[start:stop])
+        owner = context.dataset_id if segment is None else segment.name
+        parts.append(context.cache.map_cached(
+            "sift/features", features_key(part, params, owner), part,
+            compute_chunk, shard_size=shard_size, progress=context.progress,
+            description=description if segment is None else f"{description} ({segment.name})"))
+    art = parts[0] if len(parts) == 1 else merge_artifacts(parts)
     return Features.from_artifact(art)

@@ -1,0 +1,76 @@
+"""INRIA Holidays (`holidays`): Jégou et al., ECCV 2008.
+
+1,491 images in 500 groups; an image's group is the first four digits of its name
+(`100000.jpg` .. `100002.jpg` form group 1000) and the group's first image (name ending
+in `00`) is its query. Every query ranks the whole database, itself included, and its
+own image never counts (neither positive nor position: the Holidays rule), so the
+positives are the other images of its group. Queries are not cropped.
+
+Orientation: the photos are distributed as shot, and a number of them (portrait shots
+whose camera did not rotate the pixels) lie on their side. SIFT-based papers used the
+files as distributed; CNN papers since Babenko et al. (ECCV 2014) evaluate on a copy
+with those photos turned upright, because CNN features are not rotation invariant.
+`orientation=original` (default) reads `holidays/jpg/`; `orientation=upright` reads the
+upright copy in `holidays/jpg_upright/` (`bench data fetch holidays-upright`). With both
+copies present, `bench data info holidays` lists the images whose orientation differs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from irbench.datasets.base import Dataset, DatasetProvider, Image, Protocol, Query, QueryTruth
+from irbench.datasets.catalog import get_package, missing
+from irbench.datasets.oxford import index_images
+from irbench.errors import DatasetError
+from irbench.harness.config import param
+
+_NAME = re.compile(r"^\d{6}$")
+FOLDERS = {"original": "jpg", "upright": "jpg_upright"}
+
+
+@dataclass(frozen=True)
+class HolidaysConfig:
+    orientation: str = param("original", "which copy of the images: as distributed "
+                                          "(original) or with sideways photos turned "
+                                          "upright (upright)", choices=("original", "upright"))
+
+
+class Holidays(DatasetProvider):
+    name = "holidays"
+    description = "INRIA Holidays: 1,491 images, 500 queries; the query never counts."
+    Config = HolidaysConfig
+    packages = ("holidays",)
+
+    def load(self) -> Dataset:
+        cfg = self.config
+        pkg = get_package("holidays" if cfg.orientation == "original" else "holidays-upright")
+        folder = pkg.path(self.data_root) / FOLDERS[cfg.orientation]
+        if not folder.is_dir():
+            raise missing(pkg, self.data_root, f"image folder {folder}", self.name, pkg.name)
+        files = index_images(folder)
+        bad = [n for n in files if not _NAME.match(n)]
+        if bad:
+            raise DatasetError(f"{files[bad[0]]}: Holidays image names are six digits "
+                               f"(group + index), e.g. 100000.jpg")
+        if not files:
+            raise missing(pkg, self.data_root, f"images (*.jpg) in {folder}", self.name)
+        names = sorted(files)
+        groups: dict[str, list[int]] = {}
+        for i, n in enumerate(names):
+            groups.setdefault(n[:4], []).append(i)
+        database = tuple(Image(id=n, path=files[n], label=n[:4]) for n in names)
+        queries, truths = [], []
+        for group in sorted(groups):
+            members = groups[group]
+            q = members[0]
+            queries.append(Query(id=names[q], path=files[names[q]], db_index=q, label=group))
+            truths.append(QueryTruth(positives=members[1:]))
+        return Dataset(
+            name=self.name, version="1", database=database, queries=tuple(queries),
+            ground_truth=tuple(truths),
+            protocol=Protocol(exclude_query=True,
+                              description="first image of each group queries the database; "
+                                          "the query itself never counts"),
+            root=folder, config=self.options())

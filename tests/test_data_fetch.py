@@ -1,0 +1,236 @@
+"""`bench data fetch / verify / info` against a small HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from click.testing import CliRunner
+
+import irbench.datasets as ds
+from irbench.cli.main import cli
+from irbench.datasets import catalog, manage
+from irbench.datasets.storage import Package, Source, download, extract, install_source, installed
+from irbench.errors import DatasetError
+from tests.placeholders import jpeg_bytes
+
+
+class Server:
+    """Serves `files` with HTTP Range support; `cut[name] = n` drops the connection after
+    n bytes of the next full response (once)."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.cut: dict[str, int] = {}
+        self.ranges: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                data = server.files[name]
+                rng = self.headers.get("Range")
+                server.ranges.append(rng)
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                body = data[start:]
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                limit = server.cut.pop(name, None)
+                self.wfile.write(body if limit is None else body[:limit])
+                self.wfile.flush()
+                if limit is not None:
+                    self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _holidays_tar(n_groups: int = 3, corrupt: str | None = None) -> bytes:
+    files = {}
+    for g in range(n_groups):
+        for k in range(2):
+            name = f"{100000 + 100 * g + k}"
+            data = jpeg_bytes(10 * g + k)
+            files[f"jpg/{name}.jpg"] = data[: len(data) // 2] if name == corrupt else data
+    return _tar(files)
+
+
+@pytest.fixture
+def local_holidays(server, monkeypatch):
+    """The `holidays` package with its source served by the test server."""
+    server.files["jpg1.tar.gz"] = _holidays_tar()
+    pkg = dataclasses.replace(catalog.PACKAGES["holidays"], sources=(
+        Source("jpg1.tar.gz", (server.url("missing/jpg1.tar.gz"), server.url("jpg1.tar.gz")),
+               extract_to="jpg", flatten=True, keep=(".jpg",)),))
+    monkeypatch.setitem(catalog.PACKAGES, "holidays", pkg)
+    return pkg
+
+
+def test_interrupted_download_resumes(server, tmp_path):
+    data = bytes(range(256)) * 4000
+    server.files["big.bin"] = data
+    server.cut["big.bin"] = 300_000
+    target = tmp_path / "big.bin"
+    with pytest.raises(DatasetError, match="partial file"):
+        download(server.url("big.bin"), target, retries=0)
+    part = tmp_path / "big.bin.part"
+    assert part.stat().st_size == 300_000 and not target.exists()
+    download(server.url("big.bin"), target)
+    assert target.read_bytes() == data and not part.exists()
+    assert server.ranges[-1] == "bytes=300000-"
+
+
+def test_download_retries_within_one_call(server, tmp_path):
+    server.files["f.bin"] = b"x" * 100_000
+    server.cut["f.bin"] = 1000
+    download(server.url("f.bin"), tmp_path / "f.bin", retries=2)
+    assert (tmp_path / "f.bin").read_bytes() == b"x" * 100_000
+    assert server.ranges == [None, "bytes=1000-"]
+
+
+def test_published_checksum_mismatch_is_refused(server, tmp_path):
+    server.files["a.tar.gz"] = _tar({"x.txt": b"hello"})
+    pkg = Package("p", "p", "", (Source("a.tar.gz", (server.url("a.tar.gz"),),
+                                        sha256="0" * 64),), layout="p/x.txt", homepage="")
+    with pytest.raises(DatasetError, match="does not match the published"):
+        install_source(pkg, tmp_path, pkg.sources[0])
+    assert not installed(pkg, tmp_path)
+    assert not (tmp_path / "p" / "x.txt").exists()
+    assert not list((tmp_path / "p").rglob("a.tar.gz*"))  # the bad file is not kept
+
+
+def test_recorded_checksum_is_checked_on_later_downloads(server, tmp_path):
+    server.files["a.tar.gz"] = _tar({"x.txt": b"hello"})
+    src = Source("a.tar.gz", (server.url("a.tar.gz"),))
+    pkg = Package("p", "p", "", (src,), layout="p/x.txt", homepage="")
+    install_source(pkg, tmp_path, src)
+    record = json.loads((tmp_path / "p" / ".irbench" / "checksums.json").read_text())
+    assert record["a.tar.gz"]["sha256"] == hashlib.sha256(server.files["a.tar.gz"]).hexdigest()
+    assert (tmp_path / "p" / "x.txt").read_bytes() == b"hello"
+    server.files["a.tar.gz"] = _tar({"x.txt": b"tampered"})
+    with pytest.raises(DatasetError, match="differs from .* recorded at the first download"):
+        install_source(pkg, tmp_path, src, force=True)
+    assert (tmp_path / "p" / "x.txt").read_bytes() == b"hello"
+
+
+def test_extract_refuses_paths_outside(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    archive.write_bytes(_tar({"../escape.txt": b"x"}))
+    with pytest.raises(DatasetError, match="outside the archive"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_fetch_then_load_through_the_cli(local_holidays, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["data", "fetch", "holidays", "--data-root", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "extracted 6 files" in result.output
+    d = ds.load("holidays", root=tmp_path)
+    assert len(d.database) == 6 and len(d.queries) == 3
+    again = runner.invoke(cli, ["data", "fetch", "holidays", "--data-root", str(tmp_path), "-q"])
+    assert "already installed" in again.output
+    info = runner.invoke(cli, ["data", "info", "holidays", "--data-root", str(tmp_path)])
+    assert info.exit_code == 0 and "holidays: ready" in info.output
+    assert "6 database images, 3 queries" in info.output
+
+
+def test_fetch_from_an_archive_you_have(local_holidays, tmp_path, server):
+    archive = tmp_path / "dl" / "jpg1.tar.gz"
+    archive.parent.mkdir()
+    archive.write_bytes(server.files["jpg1.tar.gz"])
+    server.files.clear()  # no network needed
+    report = manage.fetch("holidays", tmp_path / "data", from_path=archive)
+    assert "extracted 6 files" in report[0]
+    assert len(ds.load("holidays", root=tmp_path / "data").queries) == 3
+    assert archive.exists()  # the user's file is left alone
+
+
+def test_fetch_from_an_extracted_folder_links_it(tmp_path):
+    src = tmp_path / "mine" / "ukbench"
+    for i in range(4):
+        (src / "full").mkdir(parents=True, exist_ok=True)
+        (src / "full" / f"ukbench{i:05d}.jpg").write_bytes(jpeg_bytes(i))
+    report = manage.fetch("ukbench", tmp_path / "data", from_path=src)
+    assert "linked" in report[0]
+    assert len(ds.load("ukbench", root=tmp_path / "data").queries) == 4
+    with pytest.raises(DatasetError, match="missing gnd_instre.mat"):
+        manage.fetch("instre", tmp_path / "data", from_path=tmp_path / "mine")
+
+
+def test_fetch_of_a_manual_package_explains(tmp_path):
+    with pytest.raises(DatasetError, match="flickr100k.html"):
+        manage.fetch("oxford105k", tmp_path)
+
+
+def test_flickr_parts_import(tmp_path):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "oxc1_100k_a.tgz").write_bytes(_tar({"a/1.jpg": jpeg_bytes(1)}))
+    (parts / "oxc1_100k_b.tgz").write_bytes(_tar({"b/2.jpg": jpeg_bytes(2)}))
+    report = manage.fetch("flickr100k", tmp_path / "data", from_path=parts)
+    assert "extracted 2 images from 2 archive(s)" in report[0]
+    assert sorted(p.name for p in (tmp_path / "data" / "flickr100k" / "jpg").rglob("*.jpg")) \
+        == ["1.jpg", "2.jpg"]
+
+
+def test_verify_and_info_name_a_truncated_jpeg(server, local_holidays, tmp_path):
+    server.files["jpg1.tar.gz"] = _holidays_tar(corrupt="100101")
+    manage.fetch("holidays", tmp_path)
+    report = manage.verify("holidays", tmp_path)
+    assert not report.ok
+    assert len(report.corrupt) == 1 and "100101.jpg: truncated JPEG" in report.corrupt[0]
+    assert report.counts["holidays"] == (6, 1491)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["data", "verify", "holidays", "--data-root", str(tmp_path), "-q"])
+    assert out.exit_code == 1 and "100101.jpg" in out.output and "NOT OK" in out.output
+    info = runner.invoke(cli, ["data", "info", "holidays", "--data-root", str(tmp_path)])
+    assert "100101.jpg: truncated JPEG" in info.output
+
+
+def test_verify_lists_missing_images(tmp_path):
+    for i in range(8):
+        (tmp_path / "ukbench" / "full").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ukbench" / "full" / f"ukbench{i:05d}.jpg").write_bytes(jpeg_bytes(i))
+    assert manage.verify("ukbench", tmp_path).corrupt == []
+    (tmp_path / "ukbench" / "full" / "ukbench00002.jpg").unlink()
+    report = manage.verify("ukbench", tmp_path)
+    assert any("ukbench00002.jpg" in p for p in report.problems)
