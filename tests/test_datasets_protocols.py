@@ -171,6 +171,15 @@ def test_distractors_are_a_shared_segment_cached_once(tmp_path):
                        if e["kind"] == "mean-color/features-shared"})
     assert events == [{"mean-color/features-shared": False}, {"mean-color/features-shared": True}]
 
+    # SIFT features of the shared segment too: extracted for oxford105k, reused for paris106k
+    sift = []
+    for d in (ox, pa):
+        record = run("bow", d, RunOptions(cache_dir=cache_dir, results_dir=tmp_path / "r",
+                                          workers=1), {"vocabulary_size": 8})
+        sift.append([e["hit"] for e in record.cache_events if e["kind"] == "sift/features"])
+    assert sift[0] == [False] * 4  # train, database (base), database (flickr100k), queries
+    assert sift[1] == [False, False, True, False]  # flickr100k reused
+
 
 def test_flickr_missing_says_how_to_import(tmp_path):
     _oxford_like(tmp_path, "oxford5k", "all_souls")

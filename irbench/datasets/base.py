@@ -146,7 +146,10 @@ class Segment:
 
 
 class ImageList(tuple):
-    """A tuple of `Image`s that knows which runs of it are shared `Segment`s."""
+    """A tuple of `Image`s that knows which runs of it are shared `Segment`s.
+
+    Methods receive the database as this type; pass it on as given (`list(database)`
+    or slicing drops the segments, and shared features are then computed again)."""
 
     segments: tuple[Segment, ...]
 

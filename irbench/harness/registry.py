@@ -226,6 +226,7 @@ def describe(registry: Registry[Any]) -> dict[str, Any]:
             "description": getattr(e.obj, "description", ""),
             "source": e.source,
             "argument": bool(getattr(e.obj, "takes_argument", False)),
+            **({"packages": list(e.obj.packages)} if getattr(e.obj, "packages", ()) else {}),
             "fields": describe_fields(e.obj.Config),
         })
     broken = [{"name": b.name, "target": b.target, "source": b.source, "error": b.error}

@@ -100,7 +100,6 @@ class SiftVocabularyMethod(Method):
 
     def ensure_vocabulary(self, images: Sequence[Image], trained_on: str) -> Vocabulary:
         """Train (or load from the cache) the vocabulary on `images`' descriptors."""
-        images = list(images)
         cfg = self.config
         key = {"trained_on": trained_on, **self.images_key(images)}
 
@@ -158,8 +157,8 @@ class SiftVocabularyMethod(Method):
 
     def prepare_database(self, database: Sequence[Image]) -> tuple[np.ndarray, np.ndarray]:
         """Vocabulary (trained on the database if `fit` had no train split) and the
-        database's words and offsets; records feature counts in `info`."""
-        database = list(database)
+        database's words and offsets; records feature counts in `info`. The list is
+        passed on as given, so shared segments (distractors) keep their own cache."""
         if self._vocabulary is None:
             self.ensure_vocabulary(database, "database")
         words, offsets = self.words("database", database)
