@@ -32,10 +32,17 @@ class RichProgress:
     def task(self, description: str, total: int | None = None) -> Iterator[Advance]:
         columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                   TimeRemainingColumn()]
+                   TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
         with Progress(*columns, console=err_console, transient=False) as bar:
-            task_id = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task_id, n)
+            task_id = bar.add_task(description, total=total, status="")
+
+            def advance(n: int = 1, status: str | None = None) -> None:
+                if status is None:
+                    bar.advance(task_id, n)
+                else:
+                    bar.update(task_id, advance=n, status=status)
+
+            yield advance
 
 
 def make_progress(quiet: bool):

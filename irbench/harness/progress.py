@@ -7,7 +7,9 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Protocol as _Protocol
 
-Advance = Callable[[int], None]
+Advance = Callable[..., None]
+"""`advance(n=1, status=None)`: n more items done; `status` (e.g. "loss 0.41, acc 88%")
+replaces the text shown beside the bar."""
 
 
 class Progress(_Protocol):
@@ -22,7 +24,7 @@ class NullProgress:
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Advance]:
-        yield lambda n=1: None
+        yield lambda n=1, status=None: None
 
 
 NULL_PROGRESS = NullProgress()

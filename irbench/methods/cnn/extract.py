@@ -1,0 +1,115 @@
+"""Batched CNN feature extraction: files on disk -> features, decoding and resizing in
+DataLoader worker processes while the network computes.
+
+`inference_mode`, optional channels-last memory format, optional bf16 autocast
+(`precision=bf16`), any torch device. Images arrive as uint8 tensors; the backbone
+normalizes them on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from irbench.datasets.base import Box
+from irbench.datasets.images import read_image
+from irbench.harness.progress import NULL_PROGRESS, Progress
+
+
+@dataclass(frozen=True)
+class Resize:
+    """`square`: resize to size x size (FC7's fixed input, the seed paper's 224 x 224);
+    `max_side`: scale down so the longer side is at most `size`, keeping the aspect ratio
+    (pooled convolutional descriptors; smaller images are not enlarged)."""
+
+    mode: str
+    size: int
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        if self.mode == "square":
+            out = (self.size, self.size)
+        else:
+            scale = min(1.0, self.size / max(h, w))
+            out = (max(1, round(w * scale)), max(1, round(h * scale)))
+        shrink = out[0] * out[1] < w * h
+        return cv2.resize(image, out, interpolation=cv2.INTER_AREA if shrink
+                          else cv2.INTER_LINEAR)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """(path, crop box) items -> (index, uint8 CHW tensor), decoded and resized."""
+
+    def __init__(self, items: Sequence[tuple[str, Box | None]], resize: Resize) -> None:
+        self.items = list(items)
+        self.resize = resize
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        path, box = self.items[i]
+        image = self.resize(read_image(path, box))
+        return i, torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def batches(items: Sequence[tuple[str, Box | None]], resize: Resize, *, batch_size: int,
+            workers: int):
+    """Batches of (indices, uint8 images); variable-size images (`max_side`) come one by one."""
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(items, resize), batch_size=batch_size if resize.mode == "square" else 1,
+        shuffle=False, num_workers=workers if workers > 1 else 0,
+        worker_init_fn=_worker_init if workers > 1 else None,
+        # spawned, not forked: a fork of a process whose OpenMP / torch threads are running
+        # can deadlock (seen here with 2 workers)
+        multiprocessing_context="spawn" if workers > 1 else None,
+        prefetch_factor=4 if workers > 1 else None, persistent_workers=False)
+    yield from loader
+
+
+def autocast(device: torch.device, precision: str):
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
+
+
+def prepare(net: torch.nn.Module, device: str, channels_last: bool) -> torch.nn.Module:
+    net = net.to(device).eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def extract(net: torch.nn.Module, describe: Callable[[torch.Tensor], torch.Tensor],
+            items: Sequence[tuple[str, Box | None]], resize: Resize, *, batch_size: int = 16,
+            workers: int = 1, device: str = "cpu", precision: str = "fp32",
+            channels_last: bool = True, progress: Progress = NULL_PROGRESS,
+            description: str = "CNN features") -> np.ndarray:
+    """`describe(batch)` (float 0..255 NCHW on `device` -> (B, D)) for every item,
+    as float32 (n, D), in input order."""
+    dev = torch.device(device)
+    out: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
+    with progress.task(description, total=len(items)) as advance, torch.inference_mode():
+        for idx, images in batches(items, resize, batch_size=batch_size, workers=workers):
+            x = images.to(dev, non_blocking=True).float()
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(dev, precision):
+                feats = describe(x)
+            feats = feats.float().cpu().numpy()
+            for row, i in enumerate(idx.tolist()):
+                out[i] = feats[row]
+            advance(len(idx))
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    return np.stack(out).astype(np.float32, copy=False)

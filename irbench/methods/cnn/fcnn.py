@@ -1,0 +1,243 @@
+"""`fcnn`: the seed paper's F-CNN baseline (Mei et al. 2018, Sec. 4.4): the ImageNet
+backbone fine-tuned as an N-class classifier on the dataset's train split (Oxford: the
+55 query crops in 11 landmark classes; INSTRE-S: 200 classes x 75 images; `demo`: its
+train views), then described exactly as `cnn` does (FC7 by default).
+
+The paper gives none of the training hyper-parameters; these are Config fields with
+these defaults: SGD with momentum 0.9 and weight decay 5e-4, learning rate 1e-3 for the
+backbone and 1e-2 for the new classifier layer, cosine decay to zero over all steps, 10
+epochs, batches of 16, the train images cropped to their boxes, augmented by a random
+resized crop (60-100% of the area, aspect 3/4-4/3) to `image_size` and a horizontal
+flip; the first stage is frozen (VGG16: conv1_1 and conv1_2, the same layers the paper
+freezes when it fine-tunes Faster R-CNN); batch-norm statistics stay frozen (small
+batches). The new layer is initialized from the seed.
+
+Training saves a checkpoint (weights, optimizer, schedule, RNG state) after every epoch
+and resumes from it after an interruption; the trained weights are cached by a hash of
+everything they depend on (backbone, weights, the hyper-parameters, the train split,
+the seed), so later runs and every pooling on top reuse them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from irbench.datasets.base import Image
+from irbench.datasets.images import read_image
+from irbench.errors import ConfigError
+from irbench.harness.config import param, stable_hash
+from irbench.harness.progress import NULL_PROGRESS, Progress
+from irbench.methods.cnn.backbones import BackboneNet, build_backbone, load_backbone
+from irbench.methods.cnn.cnn import CnnConfig, CnnMethod
+from irbench.methods.cnn.extract import prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FcnnConfig(CnnConfig):
+    epochs: int = param(10, "passes over the train split")
+    train_batch_size: int = param(16, "images per training step")
+    learning_rate: float = param(1e-3, "SGD learning rate of the pretrained layers")
+    head_learning_rate: float = param(1e-2, "SGD learning rate of the new classifier layer")
+    momentum: float = param(0.9, "SGD momentum")
+    weight_decay: float = param(5e-4, "SGD weight decay")
+    frozen_stages: int = param(1, "leading backbone stages left frozen (VGG16: 1 = "
+                                   "conv1_1 and conv1_2)")
+    train_on_boxes: bool = param(True, "crop train images to their boxes when they have one")
+    min_crop_area: float = param(0.6, "augmentation: random resized crop keeps at least "
+                                      "this share of the area (1 = no crop)")
+    flip: bool = param(True, "augmentation: random horizontal flip")
+
+
+TRAIN_FIELDS = ("backbone", "weights", "image_size", "epochs", "train_batch_size",
+                "learning_rate", "head_learning_rate", "momentum", "weight_decay",
+                "frozen_stages", "train_on_boxes", "min_crop_area", "flip")
+
+
+class TrainImages(torch.utils.data.Dataset):
+    """Train images (cropped to their box), augmented deterministically per (seed, epoch)."""
+
+    def __init__(self, images: Sequence[Image], labels: Sequence[int], cfg: FcnnConfig,
+                 seed: int) -> None:
+        self.images, self.labels, self.cfg, self.seed = list(images), list(labels), cfg, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        im, cfg = self.images[i], self.cfg
+        img = read_image(im.path, im.box if cfg.train_on_boxes else None)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        h, w = img.shape[:2]
+        area = rng.uniform(cfg.min_crop_area, 1.0) * h * w
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw = int(min(w, round(np.sqrt(area * aspect))))
+        ch = int(min(h, round(np.sqrt(area / aspect))))
+        x0 = int(rng.integers(0, w - cw + 1))
+        y0 = int(rng.integers(0, h - ch + 1))
+        img = cv2.resize(img[y0:y0 + ch, x0:x0 + cw], (cfg.image_size, cfg.image_size),
+                         interpolation=cv2.INTER_AREA)
+        if cfg.flip and rng.random() < 0.5:
+            img = img[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), self.labels[i]
+
+
+def train_classifier(cfg: FcnnConfig, train: Sequence[Image], classes: list[str], *,
+                     seed: int, device: str = "cpu", checkpoint: Path | None = None,
+                     progress: Progress = NULL_PROGRESS, stop_after_epoch: int | None = None
+                     ) -> tuple[BackboneNet, list[dict[str, float]]]:
+    """Fine-tune `cfg.backbone` as a len(classes)-way classifier on `train`; returns the
+    network and the per-epoch history. With `checkpoint`, state is saved after every
+    epoch and a run finding one resumes from it. `stop_after_epoch` (for tests) returns
+    early after that epoch, as an interruption would."""
+    torch.manual_seed(seed)
+    net = load_backbone(cfg.backbone, cfg.weights)
+    net.replace_head(len(classes))
+    stages = net.stages()
+    for stage in stages[:cfg.frozen_stages]:
+        for p in stage.parameters():
+            p.requires_grad_(False)
+    head = stages[-1]
+    head_ids = {id(p) for p in head.parameters()}
+    if hasattr(net.net, "classifier"):  # VGG: only the last Linear is new
+        head_ids = {id(p) for p in net.net.classifier[6].parameters()}
+    body = [p for p in net.parameters() if p.requires_grad and id(p) not in head_ids]
+    new = [p for p in net.parameters() if p.requires_grad and id(p) in head_ids]
+    optimizer = torch.optim.SGD([{"params": body, "lr": cfg.learning_rate},
+                                 {"params": new, "lr": cfg.head_learning_rate}],
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    label_of = {c: i for i, c in enumerate(classes)}
+    data = TrainImages(train, [label_of[im.label] for im in train], cfg, seed)
+    steps_per_epoch = -(-len(data) // cfg.train_batch_size)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))
+    net.to(device)
+    history: list[dict[str, float]] = []
+    start = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        history, start = state["history"], state["epoch"]
+        log.info("resuming fine-tuning from %s (epoch %d of %d)", checkpoint, start, cfg.epochs)
+    loss_fn = nn.CrossEntropyLoss()
+    with progress.task(f"fine-tune {cfg.backbone} ({len(classes)} classes)",
+                       total=cfg.epochs * len(data)) as advance:
+        advance(start * len(data))
+        for epoch in range(start, cfg.epochs):
+            data.epoch = epoch
+            order = torch.Generator().manual_seed(seed * 1000 + epoch)
+            loader = torch.utils.data.DataLoader(data, batch_size=cfg.train_batch_size,
+                                                 shuffle=True, generator=order)
+            net.train()
+            for module in net.modules():  # frozen batch-norm statistics
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+            seen, correct, loss_sum = 0, 0, 0.0
+            for x, y in loader:
+                x, y = x.to(device).float(), y.to(device)
+                logits = net.logits(x)
+                loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                seen += len(y)
+                loss_sum += float(loss) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                advance(len(y), status=f"epoch {epoch + 1}/{cfg.epochs} loss "
+                                       f"{loss_sum / seen:.3f} acc {100 * correct / seen:.0f}%")
+            history.append({"epoch": epoch + 1, "loss": loss_sum / seen,
+                            "accuracy": correct / seen})
+            log.info("fine-tune epoch %d/%d: loss %.4f, train accuracy %.1f%%", epoch + 1,
+                     cfg.epochs, loss_sum / seen, 100 * correct / seen)
+            if checkpoint is not None:
+                _save(checkpoint, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+                                   "history": history, "epoch": epoch + 1})
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+                break
+    return net.eval(), history
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FcnnMethod(CnnMethod):
+    """F-CNN: the backbone fine-tuned as a classifier on the train split, then `cnn`."""
+
+    name = "fcnn"
+    description = "F-CNN: backbone fine-tuned as a classifier on the train split, then FC7"
+    Config = FcnnConfig
+    feature_fields: ClassVar[tuple[str, ...] | None] = (*CnnMethod.feature_fields,
+                                                        *TRAIN_FIELDS)
+
+    def fit(self, train: Sequence[Image]) -> None:
+        cfg = self.config
+        labelled = [im for im in train if im.label is not None]
+        classes = sorted({im.label for im in labelled})
+        if len(classes) < 2:
+            raise ConfigError(f"fcnn needs a train split with at least 2 labelled classes; "
+                              f"this dataset has {len(labelled)} labelled train images in "
+                              f"{len(classes)} class(es)")
+        key = {"train": self.images_key(labelled), "classes": classes}
+        ck_hash = stable_hash({"fields": {f.name: getattr(cfg, f.name) for f in fields(cfg)
+                                          if f.name in TRAIN_FIELDS},
+                               "dataset": self.context.dataset_id, "seed": self.context.seed,
+                               **key})
+        cache = self.context.cache
+        checkpoint = (cache.root / "checkpoints" / "fcnn" / ck_hash / "last.pt"
+                      if cache.enabled else None)
+        history: list[dict[str, float]] = []
+
+        def compute() -> dict[str, Any]:
+            net, hist = train_classifier(cfg, labelled, classes, seed=self.context.seed,
+                                         device=self.context.device, checkpoint=checkpoint,
+                                         progress=self.context.progress)
+            history.extend(hist)
+            state = {f"w/{k}": v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+            return {**state, "history": hist, "classes": classes}
+
+        art = self.cached("finetuned", key, compute, fields=TRAIN_FIELDS)
+        net = build_backbone(cfg.backbone)
+        net.replace_head(len(classes))
+        net.load_state_dict({k[2:]: torch.from_numpy(np.asarray(v)) for k, v in art.items()
+                             if k.startswith("w/")})
+        self._net = prepare(net, self.context.device, cfg.channels_last)
+        if checkpoint is not None and checkpoint.is_file():
+            checkpoint.unlink()  # the finished weights are in the cache now
+        self._info.update({"finetuned_classes": len(classes),
+                           "finetuned_images": len(labelled),
+                           "finetune_history": art.get("history", history)})
+        if cfg.whitening == "pca":
+            self._whitening = self.learn_whitening()
+
+    def network(self) -> BackboneNet:
+        if self._net is None:
+            raise RuntimeError("fcnn: fit() fine-tunes the network; call it before index()")
+        return self._net
