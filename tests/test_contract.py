@@ -21,7 +21,7 @@ def tiny_demo(tmp_path_factory):
 
 def _ranks(name, ds, cache_dir):
     ctx = RunContext(cache=Cache(cache_dir), workers=1, dataset_id=f"{ds.name}@{ds.version}")
-    method = create_method(name, context=ctx)
+    method = create_method(name, METHODS.get(name).contract_overrides, context=ctx)
     method.fit(ds.train)
     method.index(ds.database)
     return method.query(ds.queries, len(ds.database))

@@ -61,6 +61,9 @@ class Method:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type] = NoConfig
+    contract_overrides: ClassVar[dict[str, Any]] = {}
+    """Config overrides for the registry-driven contract test (e.g. a small backbone);
+    empty: the defaults are tested."""
 
     def __init__(self, config: Any = None, context: RunContext | None = None) -> None:
         self.config = config if config is not None else self.Config()

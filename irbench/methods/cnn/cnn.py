@@ -71,6 +71,7 @@ class CnnMethod(GlobalDescriptorMethod):
     name = "cnn"
     description = "Global CNN descriptor: VGG16 FC7 (the paper's) or MAC/SPoC/GeM/R-MAC/CroW"
     Config = CnnConfig
+    contract_overrides: ClassVar[dict[str, Any]] = {"backbone": "efficientnet-lite0"}
     feature_fields: ClassVar[tuple[str, ...] | None] = (
         "backbone", "weights", "pooling", "fc7_after_relu", "image_size", "conv_max_size",
         "gem_p", "rmac_levels", "query_crop", "precision")

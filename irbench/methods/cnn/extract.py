@@ -1,5 +1,5 @@
-"""Batched CNN feature extraction: files on disk -> features, decoding and resizing in
-DataLoader worker processes while the network computes.
+"""Batched CNN feature extraction: files on disk -> features, decoding and resizing in a
+thread pool while the network computes.
 
 `inference_mode`, optional channels-last memory format, optional bf16 autocast
 (`precision=bf16`), any torch device. Images arrive as uint8 tensors; the backbone
@@ -8,7 +8,9 @@ normalizes them on the device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -57,23 +59,35 @@ class ImageFiles(torch.utils.data.Dataset):
         return i, torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def batches(items: Sequence[tuple[str, Box | None]], resize: Resize, *, batch_size: int,
-            workers: int):
-    """Batches of (indices, uint8 images); variable-size images (`max_side`) come one by one."""
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(items, resize), batch_size=batch_size if resize.mode == "square" else 1,
-        shuffle=False, num_workers=workers if workers > 1 else 0,
-        worker_init_fn=_worker_init if workers > 1 else None,
-        # spawned, not forked: a fork of a process whose OpenMP / torch threads are running
-        # can deadlock (seen here with 2 workers)
-        multiprocessing_context="spawn" if workers > 1 else None,
-        prefetch_factor=4 if workers > 1 else None, persistent_workers=False)
-    yield from loader
+            workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (indices, uint8 images) in input order; variable-size images (`max_side`)
+    come one by one. With workers > 1, images are decoded and resized by a pool of that
+    many threads, up to four batches ahead of the consumer: OpenCV releases the GIL while
+    it decodes and resizes, so this overlaps with the network's compute without the start
+    cost and pickling of worker processes."""
+    data = ImageFiles(items, resize)
+    size = batch_size if resize.mode == "square" else 1
+    n = len(data)
+    if workers <= 1:
+        for start in range(0, n, size):
+            yield _collate([data[i] for i in range(start, min(n, start + size))])
+        return
+    ahead = 4 * size + workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        next_item = 0
+        while next_item < n or pending:
+            while next_item < n and len(pending) < ahead:
+                pending.append(pool.submit(data.__getitem__, next_item))
+                next_item += 1
+            take = min(size, len(pending))
+            yield _collate([pending.popleft().result() for _ in range(take)])
+
+
+def _collate(samples: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor([i for i, _ in samples], dtype=torch.int64),
+            torch.stack([t for _, t in samples]))
 
 
 def autocast(device: torch.device, precision: str):

@@ -159,7 +159,7 @@ def train_classifier(cfg: FcnnConfig, train: Sequence[Image], classes: list[str]
                 optimizer.step()
                 schedule.step()
                 seen += len(y)
-                loss_sum += float(loss) * len(y)
+                loss_sum += float(loss.detach()) * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 advance(len(y), status=f"epoch {epoch + 1}/{cfg.epochs} loss "
                                        f"{loss_sum / seen:.3f} acc {100 * correct / seen:.0f}%")
@@ -194,6 +194,8 @@ class FcnnMethod(CnnMethod):
     name = "fcnn"
     description = "F-CNN: backbone fine-tuned as a classifier on the train split, then FC7"
     Config = FcnnConfig
+    contract_overrides: ClassVar[dict[str, Any]] = {"backbone": "efficientnet-lite0",
+                                                    "epochs": 1}
     feature_fields: ClassVar[tuple[str, ...] | None] = (*CnnMethod.feature_fields,
                                                         *TRAIN_FIELDS)
 

@@ -26,8 +26,12 @@ def spoc(x: torch.Tensor) -> torch.Tensor:
 
 def gem(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
     """GeM: (mean of x^p)^(1/p) per channel (Radenović et al., TPAMI 2019, Eq. 2);
-    p = 1 is SPoC, p -> infinity is MAC. Activations are clamped at 1e-6 first."""
-    return x.clamp(min=EPS).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+    p = 1 is SPoC, p -> infinity is MAC. Activations are clamped at 1e-6 first, and
+    computed as m (mean((x/m)^p))^(1/p) with m the channel maximum, so a large p cannot
+    overflow."""
+    x = x.clamp(min=EPS)
+    m = x.amax(dim=(2, 3), keepdim=True)
+    return (x / m).pow(p).mean(dim=(2, 3)).pow(1.0 / p) * m[:, :, 0, 0]
 
 
 def rmac_regions(height: int, width: int, levels: int = 3,
@@ -52,7 +56,7 @@ def rmac_regions(height: int, width: int, levels: int = 3,
         n_h = level + (extra if height > width else 0)
         n_w = level + (extra if width > height else 0)
 
-        def starts(n: int, length: int) -> list[int]:
+        def starts(n: int, length: int, size: int = size) -> list[int]:
             if n <= 1:
                 return [max(0, (length - size) // 2)]
             step = (length - size) / (n - 1)
