@@ -110,6 +110,24 @@ class Method:
         }
         return self.context.cache.load_or_compute(f"{self.name}/{stage}", full_key, compute)
 
+    def cached_map(self, stage: str, key: dict[str, Any], items: Sequence[Any],
+                   compute_chunk, *, fields: Iterable[str] | None = None,
+                   dataset: str | None = None, shard_size: int = 512,
+                   description: str = "") -> dict[str, Any]:
+        """Like `cached`, for a per-item computation stored in shards: an interrupted
+        extraction resumes from the last finished shard (`Cache.map_cached`)."""
+        full_key = {
+            "method": self.name,
+            "config": config_hash(self.config, fields),
+            "dataset": self.context.dataset_id if dataset is None else dataset,
+            "seed": self.context.seed,
+            **key,
+        }
+        return self.context.cache.map_cached(f"{self.name}/{stage}", full_key, items,
+                                             compute_chunk, shard_size=shard_size,
+                                             progress=self.context.progress,
+                                             description=description or f"{self.name}: {stage}")
+
     def images_key(self, images: Sequence[Image | Query]) -> dict[str, Any]:
         """Cache-key part naming a list of images (ids, boxes, crop flags)."""
         return {"images": image_list_digest(images), "count": len(images)}
@@ -138,25 +156,29 @@ class GlobalDescriptorMethod(Method):
         parts = []
         for segment, start, stop in split_segments(images):
             part = tuple(images[start:stop])
-
-            def compute(part=part) -> dict[str, Any]:
-                feats = np.ascontiguousarray(self.encode(part), dtype=np.float32)
-                if feats.shape[0] != len(part):
-                    raise RuntimeError(f"{self.name}.encode returned {feats.shape[0]} rows "
-                                       f"for {len(part)} images")
-                return {"features": feats}
-
             stage = f"features-{role}" if segment is None else "features-shared"
-            art = self.cached(stage, self.images_key(part), compute,
-                              fields=self.feature_fields,
-                              dataset=None if segment is None else segment.name)
-            parts.append(art["features"])
+            art = self.cached_map(stage, self.images_key(part), part, self._encode_rows,
+                                  fields=self.feature_fields,
+                                  dataset=None if segment is None else segment.name,
+                                  description=f"{self.name}: {role} features"
+                                  + ("" if segment is None else f" ({segment.name})"))
+            feats_part = art.get("features")
+            if feats_part is None:  # an empty list
+                feats_part = np.zeros((0, 0), np.float32)
+            parts.append(np.asarray(feats_part, np.float32))
         feats = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         if self.normalize:
             from irbench.harness.search import l2_normalize
 
             feats = l2_normalize(feats)
         return feats
+
+    def _encode_rows(self, chunk: Sequence[Image | Query]) -> list[dict[str, np.ndarray]]:
+        feats = np.ascontiguousarray(self.encode(chunk), dtype=np.float32)
+        if feats.shape[0] != len(chunk):
+            raise RuntimeError(f"{self.name}.encode returned {feats.shape[0]} rows for "
+                               f"{len(chunk)} images")
+        return [{"features": row[None]} for row in feats]
 
     def index(self, database: Sequence[Image]) -> None:
         self._database = self.features("database", database)

@@ -119,8 +119,7 @@ class CnnMethod(GlobalDescriptorMethod):
         return extract(self.network(), self.describe, items, self.resize(),
                        batch_size=self.config.batch_size, workers=self.context.workers,
                        device=self.context.device, precision=self.config.precision,
-                       channels_last=self.config.channels_last, progress=self.context.progress,
-                       description=f"{self.name}: {self.config.backbone} {self.config.pooling}")
+                       channels_last=self.config.channels_last)
 
     # -- whitening -----------------------------------------------------------------------
 
@@ -145,11 +144,10 @@ class CnnMethod(GlobalDescriptorMethod):
         images = wds.database
         wid = f"{wds.name}@{wds.version}"
 
-        def compute() -> dict[str, Any]:
-            return {"features": np.ascontiguousarray(self.encode(images), np.float32)}
-
-        x = l2_normalize(self.cached("features-database", self.images_key(images), compute,
-                                     fields=self.feature_fields, dataset=wid)["features"])
+        art = self.cached_map("features-database", self.images_key(images), images,
+                              self._encode_rows, fields=self.feature_fields, dataset=wid,
+                              description=f"{self.name}: whitening set {wid}")
+        x = l2_normalize(np.asarray(art["features"], np.float32))
         mean = x.mean(axis=0)
         cov = np.cov((x - mean).T.astype(np.float64))
         eigval, eigvec = np.linalg.eigh(cov)
