@@ -10,6 +10,7 @@ import irbench
 from irbench.cli.data import data_cmd
 from irbench.cli.leaderboard import leaderboard_cmd
 from irbench.cli.registry_cmds import datasets_cmd, methods_cmd
+from irbench.cli.report import report_cmd
 from irbench.cli.run import run_cmd
 from irbench.errors import IrbenchError
 
@@ -48,6 +49,7 @@ cli.add_command(methods_cmd)
 cli.add_command(datasets_cmd)
 cli.add_command(leaderboard_cmd)
 cli.add_command(data_cmd)
+cli.add_command(report_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,30 @@
+"""`bench report`: figures (mAP against K for each fusion) and a markdown report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from irbench.cli.ui import console
+from irbench.results.report import write_report
+from irbench.results.store import default_results_dir, read_records
+
+
+@click.command("report")
+@click.option("-d", "--dataset", default=None, help="Only this dataset (default: every one).")
+@click.option("-m", "--method", default="drcnn", show_default=True,
+              help="Method whose regions x fusion sweep is drawn.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: <results dir>/report].")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None,
+              help="Where run records are read from [env IRBENCH_RESULTS; default: ./results].")
+def report_cmd(dataset, method, out, results_dir) -> None:
+    """Draw mAP against the number of regions K, one line per fusion (the paper's Fig. 4),
+    from the run records of a `--sweep regions=... --sweep fusion=...` run."""
+    results_dir = Path(results_dir or default_results_dir())
+    records, _ = read_records(results_dir)
+    path, figures = write_report(records, out or results_dir / "report", dataset, method)
+    for fig in figures:
+        console.print(f"{fig.dataset}: {fig.path}")
+    console.print(f"report: {path}" + ("" if figures else " (no sweep found)"))

@@ -1,0 +1,305 @@
+"""`drcnn`: the deep region CNN of Mei et al. 2018 (the seed paper).
+
+Sec. 3.1: a Faster R-CNN fine-tuned on the dataset's train boxes
+(`irbench.methods.cnn.detector`) detects object regions; Sec. 3.2: the top-K boxes by
+score (after NMS) are cropped from the image, resized to 224 x 224 and described by the
+FC7 of ImageNet VGG16 (`feature_backbone`, `feature_weights`), each L2-normalized; Sec.
+3.3: the K region features of an image are fused by concatenation (K x 4,096-D), mean-
+or max-pooling (4,096-D), L2-normalized, and images are ranked by cosine similarity.
+
+One extraction serves every (K, fusion): the detections and region features of the
+`max_regions` best boxes are cached per image, and `regions` / `fusion` only select and
+fuse them, so `--sweep regions=1,2,3,4,5 --sweep fusion=concat,mean,max` runs detection
+and region extraction once.
+
+Choices the paper leaves open, with their defaults: fewer than K boxes after NMS ->
+`padding=repeat_best` repeats the best box (`whole_image` adds the whole image); no box
+at all -> the whole image. Queries are detected like database images
+(`query_regions=detect`, inside the query's crop when the protocol crops), or described
+by their given box (`query_regions=box`, repeated K times). The class-score variant
+(`class_scores=true`, the paper's 32.2% INSTRE-S row, whose combination the paper does
+not spell out) appends the detector's softmax class-score vector of the best box, L2-
+normalized and weighted by `class_score_weight`, to the fused feature.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from irbench.datasets.base import Image, Query, split_segments
+from irbench.datasets.images import crop, read_image
+from irbench.errors import ConfigError
+from irbench.harness.config import param, stable_hash
+from irbench.harness.search import l2_normalize, search
+from irbench.methods.base import Method
+from irbench.methods.cnn.backbones import BackboneNet, load_backbone
+from irbench.methods.cnn.detector import (
+    DetectorSettings,
+    detect,
+    iou,
+    model_from_arrays,
+    pad_regions,
+    state_arrays,
+    train_detector,
+)
+from irbench.methods.cnn.extract import Resize, autocast, prepare
+
+log = logging.getLogger(__name__)
+
+FUSIONS = ("concat", "mean", "max")
+
+
+@dataclass(frozen=True)
+class DrcnnConfig:
+    regions: int = param(1, "K: regions per image fused (the paper: 1..5; best K=2)")
+    fusion: str = param("concat", "concat | mean | max (Sec. 3.3)", choices=FUSIONS)
+    max_regions: int = param(5, "regions detected, described and cached per image (K <= it)")
+    padding: str = param("repeat_best", "fewer than K boxes: repeat_best | whole_image",
+                         choices=("repeat_best", "whole_image"))
+    query_regions: str = param("detect", "detect: queries go through the detector; box: "
+                                         "their given box", choices=("detect", "box"))
+    class_scores: bool = param(False, "N-class detector; append its class-score vector")
+    class_score_weight: float = param(1.0, "weight of the class-score vector")
+    backbone: str = param("vgg16", "detector backbone (the paper: VGG16)")
+    weights: str = param("imagenet", "detector backbone weights: imagenet | none | PATH")
+    feature_backbone: str = param("", "region-feature network (empty: the detector's "
+                                      "backbone; the paper: ImageNet VGG16)")
+    feature_weights: str = param("imagenet", "region-feature weights: imagenet | none | PATH")
+    image_size: int = param(224, "regions resized to this square before FC7")
+    fc7_after_relu: bool = param(True, "FC7 after its ReLU")
+    min_size: int = param(600, "detector: shorter image side (py-faster-rcnn: 600)")
+    max_size: int = param(1000, "detector: longer image side cap (py-faster-rcnn: 1000)")
+    rpn_pre_nms_top_n_train: int = param(2000, "detector training: RPN proposals before NMS")
+    rpn_post_nms_top_n_train: int = param(2000, "detector training: proposals kept after NMS")
+    rpn_pre_nms_top_n_test: int = param(1000, "detection: RPN proposals before NMS")
+    rpn_post_nms_top_n_test: int = param(300, "detection: proposals kept (py-faster-rcnn: 300)")
+    box_batch_size_per_image: int = param(512, "detector training: RoIs sampled per image")
+    box_nms_thresh: float = param(0.3, "detection NMS IoU (py-faster-rcnn test: 0.3)")
+    detector_epochs: int = param(10, "detector fine-tuning passes over the train boxes")
+    detector_learning_rate: float = param(1e-3, "detector SGD learning rate")
+    frozen_stages: int = param(1, "backbone stages frozen (1: VGG16 conv1_1, conv1_2, as "
+                                  "the paper)")
+    precision: str = param("fp32", "region features: fp32 | bf16", choices=("fp32", "bf16"))
+    batch_size: int = param(20, "region crops per forward pass")
+
+
+DETECTOR_FIELDS = ("backbone", "weights", "class_scores", "min_size", "max_size",
+                   "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
+                   "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+                   "box_batch_size_per_image", "box_nms_thresh", "detector_epochs",
+                   "detector_learning_rate", "frozen_stages")
+REGION_FIELDS = (*DETECTOR_FIELDS, "max_regions", "padding", "feature_backbone",
+                 "feature_weights", "image_size", "fc7_after_relu", "precision")
+
+
+class DrcnnMethod(Method):
+    """Deep region CNN: fine-tuned Faster R-CNN, top-K region FC7 features, fusion."""
+
+    name = "drcnn"
+    description = ("Deep region CNN (the paper's): fine-tuned Faster R-CNN, top-K regions, "
+                   "FC7 per region, concat/mean/max fusion")
+    Config = DrcnnConfig
+    contract_overrides: ClassVar[dict[str, Any]] = {
+        "backbone": "efficientnet-lite0", "regions": 2, "max_regions": 2, "min_size": 160,
+        "max_size": 160, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+        "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
+        "box_batch_size_per_image": 32, "detector_epochs": 1}
+
+    def __init__(self, config: Any = None, context: Any = None) -> None:
+        super().__init__(config, context)
+        cfg = self.config
+        if cfg.regions < 1 or cfg.regions > cfg.max_regions:
+            raise ConfigError(f"regions={cfg.regions} must be in [1, max_regions="
+                              f"{cfg.max_regions}]")
+        self._detector = None
+        self._features_net: BackboneNet | None = None
+        self._classes: list[str] = []
+
+    def settings(self) -> DetectorSettings:
+        cfg = self.config
+        return DetectorSettings(
+            backbone=cfg.backbone, weights=cfg.weights,
+            classes=max(1, len(self._classes)) if cfg.class_scores else 1,
+            min_size=cfg.min_size, max_size=cfg.max_size,
+            rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+            rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+            box_batch_size_per_image=cfg.box_batch_size_per_image,
+            box_nms_thresh=cfg.box_nms_thresh, epochs=cfg.detector_epochs,
+            learning_rate=cfg.detector_learning_rate, frozen_stages=cfg.frozen_stages)
+
+    # -- fit: the detector ----------------------------------------------------------------
+
+    def fit(self, train: Sequence[Image]) -> None:
+        cfg = self.config
+        boxed = [im for im in train if im.box is not None]
+        if not boxed:
+            raise ConfigError("drcnn fine-tunes its detector on the train split's boxes; "
+                              "this dataset's train split has no boxes")
+        self._classes = sorted({im.label for im in boxed if im.label})
+        if cfg.class_scores and len(self._classes) < 2:
+            raise ConfigError("class_scores=true needs a labelled train split (>= 2 classes)")
+        class_of = {c: i + 1 for i, c in enumerate(self._classes)} if cfg.class_scores else {}
+        s = self.settings()
+        key = {"train": self.images_key(boxed), "settings": asdict(s),
+               "classes": self._classes if cfg.class_scores else []}
+        cache = self.context.cache
+        checkpoint = (cache.root / "checkpoints" / "drcnn" / stable_hash(
+            {**key, "dataset": self.context.dataset_id, "seed": self.context.seed}) / "last.pt"
+            if cache.enabled else None)
+
+        def compute() -> dict[str, Any]:
+            model, history = train_detector(s, boxed, class_of, seed=self.context.seed,
+                                            device=self.context.device, checkpoint=checkpoint,
+                                            progress=self.context.progress)
+            return {**state_arrays(model), "history": history}
+
+        art = self.cached("detector", key, compute, fields=DETECTOR_FIELDS)
+        self._detector = model_from_arrays(s, art, self.context.device)
+        self._detector_id = stable_hash(key)
+        if checkpoint is not None and checkpoint.is_file():
+            checkpoint.unlink()
+        self._info.update({"detector_backbone": cfg.backbone, "detector_train_images":
+                           len(boxed), "detector_history": art.get("history", [])})
+
+    # -- regions and their features -------------------------------------------------------
+
+    def feature_net(self) -> BackboneNet:
+        if self._features_net is None:
+            cfg = self.config
+            net = load_backbone(cfg.feature_backbone or cfg.backbone, cfg.feature_weights)
+            self._features_net = prepare(net, self.context.device, channels_last=True)
+        return self._features_net
+
+    def _describe_regions(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        resize = Resize("square", cfg.image_size)
+        crops = [resize(crop(image, tuple(b))) for b in boxes]
+        x = torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy()).float()
+        dev = torch.device(self.context.device)
+        x = x.to(dev).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(dev, cfg.precision):
+            f = self.feature_net().penultimate(x, after_relu=cfg.fc7_after_relu)
+        return l2_normalize(f.float().cpu().numpy())
+
+    def _regions_of(self, items: Sequence[Image | Query], role: str) -> list[dict[str, Any]]:
+        cfg = self.config
+        out = []
+        for im in items:
+            box = im.crop_box if isinstance(im, Query) else None
+            image = read_image(im.path, box)
+            h, w = image.shape[:2]
+            if role == "queries" and cfg.query_regions == "box" and isinstance(im, Query) \
+                    and im.box is not None:
+                full = read_image(im.path)
+                image = full
+                boxes = np.repeat(np.asarray([im.box], np.float32), cfg.max_regions, axis=0)
+                scores = np.ones(cfg.max_regions, np.float32)
+                found = 1
+                det_classes = None
+            else:
+                det = detect(self._detector, image, cfg.max_regions, self.context.device,
+                             with_class_scores=cfg.class_scores)
+                found = len(det["boxes"])
+                boxes, scores = pad_regions(det["boxes"], det["scores"], cfg.max_regions,
+                                            cfg.padding, w, h)
+                det_classes = det.get("class_scores")
+            feats = self._describe_regions(image, boxes)
+            item = {"features": feats[None], "boxes": boxes[None], "scores": scores[None],
+                    "found": np.asarray([found], np.int64)}
+            if cfg.class_scores:
+                n = max(1, len(self._classes))
+                cs = (det_classes[:1] if det_classes is not None and len(det_classes)
+                      else np.full((1, n), 1.0 / n, np.float32))
+                item["class_scores"] = cs.astype(np.float32)
+            out.append(item)
+        return out
+
+    def regions(self, role: str, images: Sequence[Image | Query]) -> dict[str, np.ndarray]:
+        """Per image: `max_regions` boxes, scores and L2-normalized region features
+        (cached in shards; independent of `regions` and `fusion`)."""
+        if self._detector is None:
+            raise RuntimeError("drcnn: fit() trains the detector; call it before index()")
+        parts = []
+        for segment, start, stop in split_segments(images):
+            part = tuple(images[start:stop])
+            key = {"detector": self._detector_id, "role": role,
+                   "query_regions": self.config.query_regions if role == "queries" else "",
+                   **self.images_key(part)}
+            parts.append(self.cached_map(
+                "regions", key, part, lambda chunk, role=role: self._regions_of(chunk, role),
+                fields=REGION_FIELDS, dataset=None if segment is None else segment.name,
+                shard_size=256, description=f"drcnn: detect + describe regions ({role})"))
+        names = [k for k in parts[0] if k != "offsets"]
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in names}
+
+    def fuse(self, regions: dict[str, np.ndarray]) -> np.ndarray:
+        cfg = self.config
+        return fuse(regions["features"], cfg.regions, cfg.fusion,
+                    regions.get("class_scores") if cfg.class_scores else None,
+                    cfg.class_score_weight)
+
+    # -- index / query ------------------------------------------------------------------
+
+    def index(self, database: Sequence[Image]) -> None:
+        reg = self.regions("database", database)
+        self._database = self.fuse(reg)
+        self._info["detection_recall_iou50"] = detection_recall(database, reg["boxes"])
+        self._info["images_without_detection"] = int((reg["found"] == 0).sum())
+        self._info["feature_dim"] = int(self._database.shape[1])
+
+    def query(self, queries: Sequence[Query], k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = self.fuse(self.regions("queries", queries))
+        return search(self._database, q, k, backend=self.context.search)
+
+    def index_bytes(self) -> int | None:
+        db = getattr(self, "_database", None)
+        return None if db is None else int(db.nbytes)
+
+
+def fuse(features: np.ndarray, k: int, fusion: str, class_scores: np.ndarray | None = None,
+         class_score_weight: float = 1.0) -> np.ndarray:
+    """Fuse the first `k` (L2-normalized) region features of each image (n, R, D):
+    concat -> (n, k*D), mean / max -> (n, D); L2-normalized (Sec. 3.3). With
+    `class_scores` (n, C), their L2-normalized vector times `class_score_weight` is
+    appended before the final normalization."""
+    f = np.asarray(features, np.float32)[:, :k]
+    if fusion == "concat":
+        out = f.reshape(len(f), -1)
+    elif fusion == "mean":
+        out = f.mean(axis=1)
+    elif fusion == "max":
+        out = f.max(axis=1)
+    else:
+        raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    out = l2_normalize(out)
+    if class_scores is not None:
+        out = np.concatenate([out, class_score_weight * l2_normalize(
+            np.asarray(class_scores, np.float32).reshape(len(out), -1))], axis=1)
+        out = l2_normalize(out)
+    return np.ascontiguousarray(out, np.float32)
+
+
+def detection_recall(images: Sequence[Image], boxes: np.ndarray,
+                     threshold: float = 0.5) -> dict[str, Any]:
+    """Share of images with a ground-truth box whose box is matched (IoU >= threshold) by
+    one of the top-K detections, for K = 1..max_regions."""
+    with_box = [(i, im.box) for i, im in enumerate(images) if im.box is not None]
+    if not with_box:
+        return {"images": 0}
+    kmax = boxes.shape[1]
+    hits = np.zeros(kmax)
+    for i, box in with_box:
+        ious = iou(box, boxes[i])
+        first = np.flatnonzero(ious >= threshold)
+        if first.size:
+            hits[first[0]:] += 1
+    return {"images": len(with_box),
+            **{str(k): round(float(hits[k - 1] / len(with_box)), 4) for k in range(1, kmax + 1)}}
