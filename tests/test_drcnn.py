@@ -78,12 +78,12 @@ def tiny_demo(tmp_path_factory):
 
 
 def test_detector_fine_tuning_lowers_losses_and_keeps_frozen_layers(tiny_demo):
-    s = DetectorSettings(backbone="efficientnet-lite0", min_size=160, max_size=160,
+    s = DetectorSettings(backbone="efficientnet-lite0", min_size=128, max_size=128,
                          rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-                         box_batch_size_per_image=32, epochs=4, learning_rate=5e-3)
+                         box_batch_size_per_image=32, epochs=3, learning_rate=5e-3)
     frozen = frozen_parameters(build_detector(s))
     assert frozen and all("body.net._conv_stem" in k or "body.net._bn0" in k for k in frozen)
-    model, history = train_detector(s, list(tiny_demo.train), {}, seed=0)
+    model, history = train_detector(s, list(tiny_demo.train)[:6], {}, seed=0)
     total = [sum(v for k, v in h.items() if k != "epoch") for h in history]
     assert total[-1] < total[0]
     after = dict(model.named_parameters())
@@ -91,6 +91,7 @@ def test_detector_fine_tuning_lowers_losses_and_keeps_frozen_layers(tiny_demo):
         assert torch.equal(after[k].detach(), v), k
 
 
+@pytest.mark.slow
 def test_sweep_extracts_regions_once(tiny_demo, tmp_path):
     opts = RunOptions(cache_dir=tmp_path / "c", results_dir=tmp_path / "r", workers=1)
     over = {**FAST, "max_regions": 3}
@@ -109,3 +110,17 @@ def test_sweep_extracts_regions_once(tiny_demo, tmp_path):
     png = figures[0].path
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
     assert "| concat |" in path.read_text()
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet-lite0", "resnet50-fpn"])
+def test_detector_backbones_and_class_scores(backbone):
+    from irbench.methods.cnn.detector import detect
+
+    s = DetectorSettings(backbone=backbone, weights="none", classes=3, min_size=96,
+                         max_size=96, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20)
+    model = build_detector(s).eval()
+    image = (np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8)
+    out = detect(model, image, 4, with_class_scores=True)
+    assert out["boxes"].shape[1] == 4 and len(out["boxes"]) <= 4
+    assert out["class_scores"].shape == (len(out["boxes"]), 3)
+    assert (np.diff(out["scores"]) <= 0).all()

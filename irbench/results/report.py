@@ -27,6 +27,8 @@ class Figure:
     setting: str
     fixed: dict[str, Any]
     """The config fields (other than regions and fusion) shared by the plotted runs."""
+    changed: dict[str, Any]
+    """Those of them that differ from the method's defaults (shown)."""
     series: dict[str, dict[int, float]]
     """fusion -> K -> mAP in %."""
     path: Path | None = None
@@ -54,7 +56,8 @@ def region_figures(records: list[RunRecord], dataset: str | None = None,
         setting, value = _map(r)
         if value is None:
             continue
-        fig = groups.setdefault(key, Figure(method, r.dataset, setting, fixed,
+        changed = {k: v for k, v in r.config_changed.items() if k not in SWEPT}
+        fig = groups.setdefault(key, Figure(method, r.dataset, setting, fixed, changed,
                                             defaultdict(dict)))
         fig.series[str(r.config["fusion"])][int(r.config["regions"])] = value
     return [f for f in groups.values() if sum(len(s) for s in f.series.values()) > 1]
@@ -115,8 +118,8 @@ def write_report(records: list[RunRecord], out_dir: Path, dataset: str | None = 
             cells = [f"{fig.series[fusion][k]:.2f}" if k in fig.series[fusion] else ""
                      for k in ks]
             lines.append(f"| {fusion} | " + " | ".join(cells) + " |")
-        changed = ", ".join(f"{k}={v}" for k, v in sorted(fig.fixed.items()))
-        lines += ["", f"Other settings: {changed}", ""]
+        changed = ", ".join(f"{k}={v}" for k, v in sorted(fig.changed.items()))
+        lines += ["", f"Settings other than the defaults: {changed or 'none'}", ""]
     path = out_dir / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path, figures

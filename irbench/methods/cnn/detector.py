@@ -83,21 +83,38 @@ def _conv_only(net: BackboneNet, x: torch.Tensor) -> torch.Tensor:
     return _ADAPTERS[type(net.net).__name__].conv(net.net, x)
 
 
+FPN = "resnet50-fpn"
+"""The one detector backbone that is not a registered feature backbone: ResNet-50 with a
+feature pyramid (Lin et al. 2017), torchvision's, on `resnet50`'s ImageNet weights."""
+
+
 def build_detector(s: DetectorSettings, *, pretrained: bool = True) -> nn.Module:
-    """Faster R-CNN on `s.backbone` (ImageNet weights when `pretrained`)."""
+    """Faster R-CNN on `s.backbone` (ImageNet weights when `pretrained`): the backbone's
+    last convolutional map, or for `resnet50-fpn` a feature pyramid."""
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.rpn import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
-    net = load_backbone(s.backbone, s.weights) if pretrained else build_backbone(s.backbone)
-    body = _ConvBody(net)
+    name = "resnet50" if s.backbone == FPN else s.backbone
+    net = load_backbone(name, s.weights) if pretrained else build_backbone(name)
     spec = net.spec
-    anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),), aspect_ratios=((0.5, 1.0, 2.0),))
+    if s.backbone == FPN:
+        from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+
+        body = _resnet_fpn_extractor(net.net, trainable_layers=5 - s.frozen_stages)
+        anchors = AnchorGenerator(sizes=((32,), (64,), (128,), (256,), (512,)),
+                                  aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+        pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7,
+                                  sampling_ratio=2)
+    else:
+        body = _ConvBody(net)
+        anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),),
+                                  aspect_ratios=((0.5, 1.0, 2.0),))
+        pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
     model = FasterRCNN(
         body, num_classes=s.classes + 1, min_size=s.min_size, max_size=s.max_size,
         image_mean=[m / 255 for m in spec.mean], image_std=[v / 255 for v in spec.std],
-        rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2),
+        rpn_anchor_generator=anchors, box_roi_pool=pool,
         rpn_pre_nms_top_n_train=s.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=s.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=s.rpn_pre_nms_top_n_test,
@@ -106,9 +123,10 @@ def build_detector(s: DetectorSettings, *, pretrained: bool = True) -> nn.Module
         rpn_batch_size_per_image=s.rpn_batch_size_per_image,
         box_batch_size_per_image=s.box_batch_size_per_image,
         box_nms_thresh=s.box_nms_thresh, box_score_thresh=0.0, box_detections_per_img=100)
-    for stage in net.stages()[:s.frozen_stages]:
-        for p in stage.parameters():
-            p.requires_grad_(False)
+    if s.backbone != FPN:  # the FPN extractor froze its own leading layers
+        for stage in net.stages()[:s.frozen_stages]:
+            for p in stage.parameters():
+                p.requires_grad_(False)
     return model
 
 
@@ -212,7 +230,9 @@ def _class_scores(model: nn.Module, x: torch.Tensor, boxes: torch.Tensor) -> np.
     scale_x = images.image_sizes[0][1] / x.shape[2]
     scaled = boxes * torch.tensor([scale_x, scale_y, scale_x, scale_y], device=boxes.device)
     feats = model.backbone(images.tensors)
-    pooled = model.roi_heads.box_roi_pool({"0": feats}, [scaled], images.image_sizes)
+    if isinstance(feats, torch.Tensor):
+        feats = {"0": feats}
+    pooled = model.roi_heads.box_roi_pool(feats, [scaled], images.image_sizes)
     logits, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
     return logits.softmax(-1)[:, 1:].cpu().numpy().astype(np.float32)
 

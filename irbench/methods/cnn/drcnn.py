@@ -40,6 +40,7 @@ from irbench.harness.search import l2_normalize, search
 from irbench.methods.base import Method
 from irbench.methods.cnn.backbones import BackboneNet, load_backbone
 from irbench.methods.cnn.detector import (
+    FPN,
     DetectorSettings,
     detect,
     iou,
@@ -66,7 +67,8 @@ class DrcnnConfig:
                                          "their given box", choices=("detect", "box"))
     class_scores: bool = param(False, "N-class detector; append its class-score vector")
     class_score_weight: float = param(1.0, "weight of the class-score vector")
-    backbone: str = param("vgg16", "detector backbone (the paper: VGG16)")
+    backbone: str = param("vgg16", "detector backbone (the paper: VGG16), any registered "
+                                   "backbone or resnet50-fpn")
     weights: str = param("imagenet", "detector backbone weights: imagenet | none | PATH")
     feature_backbone: str = param("", "region-feature network (empty: the detector's "
                                       "backbone; the paper: ImageNet VGG16)")
@@ -118,6 +120,7 @@ class DrcnnMethod(Method):
             raise ConfigError(f"regions={cfg.regions} must be in [1, max_regions="
                               f"{cfg.max_regions}]")
         self._detector = None
+        self._detector_arrays: dict[str, Any] | None = None
         self._features_net: BackboneNet | None = None
         self._classes: list[str] = []
 
@@ -162,19 +165,26 @@ class DrcnnMethod(Method):
             return {**state_arrays(model), "history": history}
 
         art = self.cached("detector", key, compute, fields=DETECTOR_FIELDS)
-        self._detector = model_from_arrays(s, art, self.context.device)
+        self._detector_arrays = art  # the model is built only when a region is detected
         self._detector_id = stable_hash(key)
         if checkpoint is not None and checkpoint.is_file():
             checkpoint.unlink()
         self._info.update({"detector_backbone": cfg.backbone, "detector_train_images":
                            len(boxed), "detector_history": art.get("history", [])})
 
+    def detector(self):
+        if self._detector is None:
+            self._detector = model_from_arrays(self.settings(), self._detector_arrays,
+                                               self.context.device)
+        return self._detector
+
     # -- regions and their features -------------------------------------------------------
 
     def feature_net(self) -> BackboneNet:
         if self._features_net is None:
             cfg = self.config
-            net = load_backbone(cfg.feature_backbone or cfg.backbone, cfg.feature_weights)
+            name = cfg.feature_backbone or cfg.backbone
+            net = load_backbone("resnet50" if name == FPN else name, cfg.feature_weights)
             self._features_net = prepare(net, self.context.device, channels_last=True)
         return self._features_net
 
@@ -205,7 +215,7 @@ class DrcnnMethod(Method):
                 found = 1
                 det_classes = None
             else:
-                det = detect(self._detector, image, cfg.max_regions, self.context.device,
+                det = detect(self.detector(), image, cfg.max_regions, self.context.device,
                              with_class_scores=cfg.class_scores)
                 found = len(det["boxes"])
                 boxes, scores = pad_regions(det["boxes"], det["scores"], cfg.max_regions,
@@ -225,7 +235,7 @@ class DrcnnMethod(Method):
     def regions(self, role: str, images: Sequence[Image | Query]) -> dict[str, np.ndarray]:
         """Per image: `max_regions` boxes, scores and L2-normalized region features
         (cached in shards; independent of `regions` and `fusion`)."""
-        if self._detector is None:
+        if self._detector_arrays is None:
             raise RuntimeError("drcnn: fit() trains the detector; call it before index()")
         parts = []
         for segment, start, stop in split_segments(images):
