@@ -124,3 +124,14 @@ def test_detector_backbones_and_class_scores(backbone):
     assert out["boxes"].shape[1] == 4 and len(out["boxes"]) <= 4
     assert out["class_scores"].shape == (len(out["boxes"]), 3)
     assert (np.diff(out["scores"]) <= 0).all()
+
+
+@pytest.mark.slow
+def test_class_score_variant_end_to_end(tiny_demo, tmp_path):
+    from irbench.harness.runner import run
+
+    opts = RunOptions(cache_dir=tmp_path / "c", results_dir=None, workers=1)
+    record = run("drcnn", tiny_demo, opts, {**FAST, "class_scores": True, "regions": 1})
+    n_classes = len({im.label for im in tiny_demo.train})
+    assert record.method_info["feature_dim"] == 1280 + n_classes
+    assert record.metrics["settings"][""]["map"] is not None
