@@ -135,3 +135,19 @@ def test_class_score_variant_end_to_end(tiny_demo, tmp_path):
     n_classes = len({im.label for im in tiny_demo.train})
     assert record.method_info["feature_dim"] == 1280 + n_classes
     assert record.metrics["settings"][""]["map"] is not None
+
+
+@pytest.mark.slow
+def test_detector_resumes_from_its_checkpoint(tiny_demo, tmp_path):
+    s = DetectorSettings(backbone="efficientnet-lite0", min_size=128, max_size=128,
+                         rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
+                         box_batch_size_per_image=32, epochs=2)
+    train = list(tiny_demo.train)[:4]
+    straight, _ = train_detector(s, train, {}, seed=1)
+    ck = tmp_path / "ck.pt"
+    train_detector(s, train, {}, seed=1, checkpoint=ck, stop_after_epoch=1)
+    resumed, history = train_detector(s, train, {}, seed=1, checkpoint=ck)
+    assert [h["epoch"] for h in history] == [1, 2]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                         strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)

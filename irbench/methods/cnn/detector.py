@@ -145,22 +145,14 @@ def train_detector(s: DetectorSettings, train: Sequence[Image], class_of: dict[s
     """Fine-tune the detector on the train images' boxes, one image per step. A
     checkpoint is written after every epoch and resumed from. Returns (model, history of
     mean losses per epoch)."""
-    from irbench.methods.cnn.fcnn import _save
+    from irbench.methods.cnn.fcnn import resume, save_checkpoint
 
     torch.manual_seed(seed)
     model = build_detector(s).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=s.learning_rate, momentum=s.momentum,
                                 weight_decay=s.weight_decay)
-    history: list[dict[str, float]] = []
-    start = 0
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        history, start = state["history"], state["epoch"]
-        log.info("resuming detector fine-tuning from %s (epoch %d)", checkpoint, start)
+    history, start = resume(checkpoint, model, optimizer, device=device)
     boxed = [im for im in train if im.box is not None]
     steps = 0
     with progress.task(f"fine-tune Faster R-CNN ({s.backbone})",
@@ -198,9 +190,7 @@ def train_detector(s: DetectorSettings, train: Sequence[Image], class_of: dict[s
             log.info("detector epoch %d/%d: %s", epoch + 1, s.epochs,
                      ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "epoch"))
             if checkpoint is not None:
-                _save(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "rng": torch.get_rng_state(), "history": history,
-                                   "epoch": epoch + 1})
+                save_checkpoint(checkpoint, model, optimizer, history, epoch + 1)
             if (stop_after_epoch is not None and epoch + 1 >= stop_after_epoch) or \
                     (max_steps is not None and steps >= max_steps):
                 break
@@ -222,6 +212,16 @@ def detect(model: nn.Module, image: np.ndarray, max_regions: int, device: str = 
     if with_class_scores:
         result["class_scores"] = _class_scores(model, x, boxes)
     return result
+
+
+@torch.inference_mode()
+def class_scores_of(model: nn.Module, image: np.ndarray, boxes: np.ndarray,
+                    device: str = "cpu") -> np.ndarray:
+    """The detector's softmax class scores (background dropped) of given boxes."""
+    model.eval()
+    x = _image_tensor(image).to(device)
+    return _class_scores(model, x, torch.as_tensor(np.asarray(boxes, np.float32),
+                                                   device=device).reshape(-1, 4))
 
 
 def _class_scores(model: nn.Module, x: torch.Tensor, boxes: torch.Tensor) -> np.ndarray:

@@ -42,6 +42,7 @@ from irbench.methods.cnn.backbones import BackboneNet, load_backbone
 from irbench.methods.cnn.detector import (
     FPN,
     DetectorSettings,
+    class_scores_of,
     detect,
     iou,
     model_from_arrays,
@@ -213,22 +214,17 @@ class DrcnnMethod(Method):
                 boxes = np.repeat(np.asarray([im.box], np.float32), cfg.max_regions, axis=0)
                 scores = np.ones(cfg.max_regions, np.float32)
                 found = 1
-                det_classes = None
             else:
-                det = detect(self.detector(), image, cfg.max_regions, self.context.device,
-                             with_class_scores=cfg.class_scores)
+                det = detect(self.detector(), image, cfg.max_regions, self.context.device)
                 found = len(det["boxes"])
                 boxes, scores = pad_regions(det["boxes"], det["scores"], cfg.max_regions,
                                             cfg.padding, w, h)
-                det_classes = det.get("class_scores")
             feats = self._describe_regions(image, boxes)
             item = {"features": feats[None], "boxes": boxes[None], "scores": scores[None],
                     "found": np.asarray([found], np.int64)}
-            if cfg.class_scores:
-                n = max(1, len(self._classes))
-                cs = (det_classes[:1] if det_classes is not None and len(det_classes)
-                      else np.full((1, n), 1.0 / n, np.float32))
-                item["class_scores"] = cs.astype(np.float32)
+            if cfg.class_scores:  # of the first box: the best detection, or the given box
+                item["class_scores"] = class_scores_of(self.detector(), image, boxes[:1],
+                                                       self.context.device)
             out.append(item)
         return out
 

@@ -126,16 +126,7 @@ def train_classifier(cfg: FcnnConfig, train: Sequence[Image], classes: list[str]
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))
     net.to(device)
-    history: list[dict[str, float]] = []
-    start = 0
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-        history, start = state["history"], state["epoch"]
-        log.info("resuming fine-tuning from %s (epoch %d of %d)", checkpoint, start, cfg.epochs)
+    history, start = resume(checkpoint, net, optimizer, schedule, device=device)
     loss_fn = nn.CrossEntropyLoss()
     with progress.task(f"fine-tune {cfg.backbone} ({len(classes)} classes)",
                        total=cfg.epochs * len(data)) as advance:
@@ -168,12 +159,34 @@ def train_classifier(cfg: FcnnConfig, train: Sequence[Image], classes: list[str]
             log.info("fine-tune epoch %d/%d: loss %.4f, train accuracy %.1f%%", epoch + 1,
                      cfg.epochs, loss_sum / seen, 100 * correct / seen)
             if checkpoint is not None:
-                _save(checkpoint, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
-                                   "history": history, "epoch": epoch + 1})
+                save_checkpoint(checkpoint, net, optimizer, history, epoch + 1, schedule)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 break
     return net.eval(), history
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: Any, history: list[dict[str, float]],
+                    epoch: int, schedule: Any = None) -> None:
+    """Model, optimizer, schedule and RNG state after `epoch`, written atomically."""
+    _save(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "schedule": schedule.state_dict() if schedule is not None else None,
+                 "rng": torch.get_rng_state(), "history": history, "epoch": epoch})
+
+
+def resume(path: Path | None, model: nn.Module, optimizer: Any, schedule: Any = None, *,
+           device: str = "cpu") -> tuple[list[dict[str, float]], int]:
+    """Restore a checkpoint written by `save_checkpoint` if there is one: (history, epochs
+    done); ([], 0) without one."""
+    if path is None or not path.is_file():
+        return [], 0
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if schedule is not None and state.get("schedule") is not None:
+        schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])
+    log.info("resuming training from %s (after epoch %d)", path, state["epoch"])
+    return state["history"], state["epoch"]
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
