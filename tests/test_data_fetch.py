@@ -182,6 +182,10 @@ def test_fetch_from_an_archive_you_have(local_holidays, tmp_path, server):
     assert "extracted 6 files" in report[0]
     assert len(ds.load("holidays", root=tmp_path / "data").queries) == 3
     assert archive.exists()  # the user's file is left alone
+    archive.write_bytes(_holidays_tar(n_groups=2))  # not the file recorded the first time
+    with pytest.raises(DatasetError, match="recorded at the first download"):
+        manage.fetch("holidays", tmp_path / "data", from_path=archive, force=True)
+    assert archive.exists()
 
 
 def test_fetch_from_an_extracted_folder_links_it(tmp_path):

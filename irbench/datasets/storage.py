@@ -338,50 +338,48 @@ def install_source(package: Package, data_root: Path, source: Source, *,
     if done.is_file() and not force:
         return "already installed"
     pkg_dir = package.path(data_root)
-    downloads = package.state_dir(data_root) / "downloads"
-    archive = downloads / source.filename
-    if from_path is not None:
+    if from_path is not None:  # the user's file is checked and read in place, never moved
         origin = str(from_path)
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        tmp = archive.with_name(archive.name + ".part")
-        shutil.copyfile(from_path, tmp)
-        os.replace(tmp, archive)
-    elif not archive.is_file():
-        errors = []
-        for url in source.urls:
-            try:
-                download(url, archive, progress=progress)
-                origin = url
-                break
-            except DatasetError as exc:
-                errors.append(str(exc))
-                log.warning("%s", exc)
-        else:
-            raise DatasetError(f"could not download {source.filename} for {package.name}:\n  "
-                               + "\n  ".join(errors))
-    else:
-        origin = "existing download"
-    try:
+        archive = Path(from_path)
         check_file(package, data_root, source, archive, origin, progress)
-    except DatasetError:
-        archive.unlink(missing_ok=True)
-        raise
+        owned = False
+    else:
+        archive = package.state_dir(data_root) / "downloads" / source.filename
+        owned = True
+        if not archive.is_file():
+            errors = []
+            for url in source.urls:
+                try:
+                    download(url, archive, progress=progress)
+                    origin = url
+                    break
+                except DatasetError as exc:
+                    errors.append(str(exc))
+                    log.warning("%s", exc)
+            else:
+                raise DatasetError(f"could not download {source.filename} for "
+                                   f"{package.name}:\n  " + "\n  ".join(errors))
+        else:
+            origin = "existing download"
+        try:
+            check_file(package, data_root, source, archive, origin, progress)
+        except DatasetError:
+            archive.unlink(missing_ok=True)  # a bad download is never used, nor kept
+            raise
     if source.extract_to is None:
         final = pkg_dir / (source.save_as or source.filename)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if keep_archive or from_path is not None:
+        if owned and not keep_archive:
+            os.replace(archive, final)
+        else:
             tmp = final.with_name(final.name + ".part")
             shutil.copyfile(archive, tmp)
             os.replace(tmp, final)
-            if from_path is not None:
-                archive.unlink()
-        else:
-            os.replace(archive, final)
         what = f"saved {final.relative_to(data_root)}"
     else:
         n = extract(archive, pkg_dir / source.extract_to, strip=source.strip,
                     flatten=source.flatten, keep=source.keep, progress=progress)
-        if not keep_archive:
+        if owned and not keep_archive:
             archive.unlink()
         what = f"extracted {n} files into {(pkg_dir / source.extract_to).relative_to(data_root)}"
     done.parent.mkdir(parents=True, exist_ok=True)
