@@ -236,12 +236,9 @@ def test_fcnn_weights_are_cached_and_reused(tmp_path):
 def test_cnn_on_a_folder_of_photographs(tmp_path):
     """Acceptance: efficientnet-lite0 (real ImageNet weights) on the demo's photographic
     views laid out one folder per object: far above chance."""
-    ds = load_dataset("demo", options={"objects": 8})
-    root = tmp_path / "photos"
-    for im in ds.database:
-        if im.label is not None:
-            (root / im.label).mkdir(parents=True, exist_ok=True)
-            (root / im.label / im.path.name).write_bytes(im.path.read_bytes())
+    from tests.tiny import demo_photo_folder
+
+    root = demo_photo_folder(tmp_path / "photos", objects=8)
     result = CliRunner(env={"COLUMNS": "200"}).invoke(
         cli, ["run", "-m", "cnn", "--set", "backbone=efficientnet-lite0", "-d",
               f"folder:{root}", "-q", "--results-dir", str(tmp_path / "r")],

@@ -39,12 +39,9 @@ def test_bow_on_demo_twice(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_bow_on_a_folder_of_photographs(tmp_path):
     """`folder:DIR` on the demo's photographic views, laid out one subfolder per object."""
-    ds = load("demo", objects=6)
-    root = tmp_path / "photos"
-    for im in ds.database:
-        if im.label is not None:
-            (root / im.label).mkdir(parents=True, exist_ok=True)
-            (root / im.label / im.path.name).write_bytes(im.path.read_bytes())
+    from tests.tiny import demo_photo_folder
+
+    root = demo_photo_folder(tmp_path / "photos", objects=6)
     result = CliRunner(env={"COLUMNS": "200"}).invoke(
         cli, ["run", "-m", "bow", "-d", f"folder:{root}", "-q", "--results-dir",
               str(tmp_path / "r")], catch_exceptions=False)

@@ -79,3 +79,16 @@ class MeanColor(GlobalDescriptorMethod):
             arr = cv2.resize(read_image(im.path, box), (8 * g, 8 * g), interpolation=cv2.INTER_AREA)
             out.append(arr.reshape(g, 8, g, 8, 3).mean(axis=(1, 3)).reshape(-1))
         return np.asarray(out, np.float32) - 128.0
+
+
+def demo_photo_folder(root: Path, objects: int) -> Path:
+    """The demo's photographic database views laid out one folder per object (for
+    `folder:DIR` runs on real photographs)."""
+    from irbench.datasets import load
+
+    ds = load("demo", objects=objects)
+    for im in ds.database:
+        if im.label is not None:
+            (root / im.label).mkdir(parents=True, exist_ok=True)
+            (root / im.label / im.path.name).write_bytes(im.path.read_bytes())
+    return root

@@ -367,7 +367,8 @@ def _du(folder: Path) -> int:
 
 def holidays_rotated(data_root: Path) -> list[str] | None:
     """Images whose upright copy is turned by 90 degrees (width and height swapped), when
-    both copies of Holidays are present; None otherwise."""
+    both copies of Holidays are present (an unreadable pair is listed as such); None
+    otherwise."""
     from PIL import Image as PILImage
 
     base = get_package("holidays").path(data_root)
@@ -383,6 +384,6 @@ def holidays_rotated(data_root: Path) -> list[str] | None:
             with PILImage.open(path) as a, PILImage.open(other) as b:
                 if a.size != b.size and a.size == b.size[::-1]:
                     out.append(path.stem)
-        except OSError:
-            continue
+        except OSError as exc:  # listed, not skipped: verify names it too
+            out.append(f"{path.stem} (unreadable: {exc})")
     return out
