@@ -175,10 +175,25 @@ def test_distractors_are_a_shared_segment_cached_once(tmp_path):
     sift = []
     for d in (ox, pa):
         record = run("bow", d, RunOptions(cache_dir=cache_dir, results_dir=tmp_path / "r",
-                                          workers=1), {"vocabulary_size": 8})
+                                          workers=1),
+                     {"vocabulary_size": 8, "vocabulary_source": "train"})
         sift.append([e["hit"] for e in record.cache_events if e["kind"] == "sift/features"])
     assert sift[0] == [False] * 4  # train, database (base), database (flickr100k), queries
     assert sift[1] == [False, False, True, False]  # flickr100k reused
+
+
+def test_oxford_vocabulary_is_trained_on_paris_by_default(tmp_path):
+    _oxford_like(tmp_path, "oxford5k", "all_souls")
+    options = RunOptions(cache_dir=tmp_path / "cache", results_dir=None, workers=1)
+    with pytest.raises(DatasetError, match="vocabulary_source=train"):  # paris6k absent
+        run("bow", ds.load("oxford5k", root=tmp_path), options, {"vocabulary_size": 8})
+    _oxford_like(tmp_path, "paris6k", "paris_defense")
+    options.data_root = tmp_path
+    record = run("bow", ds.load("oxford5k", root=tmp_path), options, {"vocabulary_size": 8})
+    assert record.method_info["vocabulary_trained_on"] == "paris6k@1"
+    assert record.method_info["vocabulary_independent_set"] == "paris6k"
+    paris = ds.load("paris6k", root=tmp_path)
+    assert record.method_info["n_training_images"] == len(paris.database)
 
 
 def test_flickr_missing_says_how_to_import(tmp_path):

@@ -197,6 +197,9 @@ class Dataset:
     root: Path | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     """The dataset options it was loaded with (part of its identity)."""
+    independent_set: str = ""
+    """A registered dataset whose database customarily trains this one's unsupervised
+    models (visual vocabularies): Paris for Oxford and vice versa; "" when there is none."""
 
     def __post_init__(self) -> None:
         if len(self.queries) != len(self.ground_truth):

@@ -135,6 +135,8 @@ class BuildingsDataset(DatasetProvider):
     dropped: frozenset[str] = frozenset()
     """Images known not to decode: left out of the database and of every list."""
     protocol_note = ""
+    independent_set = ""
+    """The dataset customarily used to train visual vocabularies for this one."""
 
     def load(self) -> Dataset:
         pkg = get_package(self.package)
@@ -184,7 +186,8 @@ class BuildingsDataset(DatasetProvider):
                 crop_query=True,
                 description="queries cropped to their box; good+ok positive, junk ignored "
                             "(official compute_ap)" + self.protocol_note),
-            train=tuple(train), root=base, config=self.options())
+            train=tuple(train), root=base, config=self.options(),
+            independent_set=self.independent_set)
 
 
 class Oxford5k(BuildingsDataset):
@@ -192,3 +195,4 @@ class Oxford5k(BuildingsDataset):
     description = "Oxford Buildings: 5,063 images, 55 cropped queries (good+ok, junk ignored)."
     package = "oxford5k"
     packages = ("oxford5k",)
+    independent_set = "paris6k"

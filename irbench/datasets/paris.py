@@ -19,5 +19,6 @@ class Paris6k(BuildingsDataset):
                    "queries.")
     package = "paris6k"
     packages = ("paris6k",)
+    independent_set = "oxford5k"
     dropped = PARIS_CORRUPT
     protocol_note = "; the 20 corrupt images are dropped from database and ground truth"

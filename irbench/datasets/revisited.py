@@ -97,6 +97,8 @@ def read_gnd(path: Path) -> dict[str, Any]:
 class _Revisited(DatasetProvider):
     images_package = ""
     version = "1"
+    independent_set = ""
+    """The dataset customarily used to train visual vocabularies for this one."""
 
     def load(self) -> Dataset:
         pkg = get_package(self.name)
@@ -130,7 +132,7 @@ class _Revisited(DatasetProvider):
                 settings=dict(REVISITED_SETTINGS), precision_at=(1, 5, 10), crop_query=True,
                 description="revisited protocol: queries cropped; Easy / Medium / Hard, "
                             "mAP and mP@1,5,10"),
-            root=jpg, config=self.options())
+            root=jpg, config=self.options(), independent_set=self.independent_set)
 
 
 class ROxford5k(_Revisited):
@@ -138,6 +140,7 @@ class ROxford5k(_Revisited):
     description = "Revisited Oxford: 4,993 images, 70 cropped queries, Easy/Medium/Hard."
     images_package = "oxford5k"
     packages = ("oxford5k", "roxford5k")
+    independent_set = "paris6k"
 
 
 class RParis6k(_Revisited):
@@ -145,3 +148,4 @@ class RParis6k(_Revisited):
     description = "Revisited Paris: 6,322 images, 70 cropped queries, Easy/Medium/Hard."
     images_package = "paris6k"
     packages = ("paris6k", "rparis6k")
+    independent_set = "oxford5k"

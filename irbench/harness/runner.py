@@ -10,6 +10,7 @@ recomputes. Sweeps run the cartesian product of values and share every cached st
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import itertools
 import logging
 import os
@@ -184,7 +185,11 @@ def run(method: str | type[Method], dataset: str | Dataset,
     cache = Cache(options.cache_dir, overwrite=options.overwrite, enabled=options.use_cache)
     context = RunContext(cache=cache, seed=options.seed, workers=options.workers,
                          device=options.device, search=options.search,
-                         progress=options.progress, dataset_id=f"{ds.name}@{ds.version}")
+                         progress=options.progress, dataset_id=f"{ds.name}@{ds.version}",
+                         independent_set=ds.independent_set,
+                         load_dataset=functools.partial(
+                             load_dataset, data_root=options.data_root,
+                             cache_dir=options.cache_dir))
     _seed_everything(options.seed)
     method_obj = cls(config, context)
     n_db = len(ds.database)

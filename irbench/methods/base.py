@@ -9,7 +9,7 @@ the `irbench.methods` entry-point group, built-ins and plugins alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +42,12 @@ class RunContext:
     progress: Progress = NULL_PROGRESS
     dataset_id: str = ""
     """Name and version of the dataset being run; part of every artifact key."""
+    independent_set: str = ""
+    """The dataset's customary independent set for unsupervised training (`Dataset.
+    independent_set`: Paris for Oxford); "" when it has none."""
+    load_dataset: Callable[[str], Any] | None = None
+    """Loads another registered dataset by name with the run's data root (for methods
+    that train on an independent set); None outside the runner."""
 
     @classmethod
     def in_memory(cls, **kwargs: Any) -> RunContext:

@@ -3,8 +3,9 @@
 - Features: DoG SIFT keypoints and descriptors (Lowe, IJCV 2004) via OpenCV, RootSIFT
   by default (Arandjelović & Zisserman, "Three things everyone should know to improve
   object retrieval", CVPR 2012). See `irbench.methods.sift.keypoints`.
-- Vocabulary: flat k-means (faiss) on the train split, else on the database; hard
-  assignment to the nearest word (Sivic & Zisserman, "Video Google: a text retrieval
+- Vocabulary: flat k-means (faiss) on `vocabulary_source` (default: the dataset's
+  independent set, else its train split, else its database); hard assignment to the
+  nearest word (Sivic & Zisserman, "Video Google: a text retrieval
   approach to object matching in videos", ICCV 2003). See `vocabulary`.
 - Search: tf-idf weighted, L2-normalized BoW vectors compared by cosine similarity
   through an inverted file (Sivic & Zisserman 2003; Philbin, Chum, Isard, Sivic &
@@ -22,6 +23,7 @@ of every feature, per image list and vocabulary).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from irbench.datasets.base import Image, Query
+from irbench.errors import ConfigError, IrbenchError
 from irbench.harness.config import stable_hash
 from irbench.methods.base import Method
 from irbench.methods.sift.invfile import TfIdfIndex
@@ -72,19 +75,26 @@ class SiftVocabularyMethod(Method):
         super().__init__(config, context)
         self._vocabulary: Vocabulary | None = None
         self._vocabulary_id: str = ""
+        self._vocabulary_training: tuple[Sequence[Image], str, str | None] | None = None
+        """(images, trained_on label, dataset id or None) of the current vocabulary."""
         self._last_features: tuple[str, Features] | None = None
 
     # -- features ---------------------------------------------------------------------
 
-    def features(self, role: str, images: Sequence[Image | Query]) -> Features:
-        """SIFT features of `images` (queries on their crop box), cached. The latest list
-        is also kept in memory (vocabulary training and quantization of the database
-        read it back to back); `forget_features` drops it."""
+    def features(self, role: str, images: Sequence[Image | Query], *,
+                 dataset_id: str | None = None) -> Features:
+        """SIFT features of `images` (queries on their crop box), cached under the run's
+        dataset id (or `dataset_id`, for another dataset's images). The latest list is
+        also kept in memory (vocabulary training and quantization of the database read
+        it back to back); `forget_features` drops it."""
         digest = stable_hash(self.images_key(images))
         if self._last_features is not None and self._last_features[0] == digest:
             return self._last_features[1]
         self._last_features = None
-        feats = extract_features(images, sift_params(self.config), self.context,
+        context = self.context
+        if dataset_id is not None and dataset_id != context.dataset_id:
+            context = dataclasses.replace(context, dataset_id=dataset_id)
+        feats = extract_features(images, sift_params(self.config), context,
                                  description=f"{self.name}: SIFT ({role})")
         self._last_features = (digest, feats)
         return feats
@@ -98,13 +108,15 @@ class SiftVocabularyMethod(Method):
 
     # -- vocabulary -------------------------------------------------------------------
 
-    def ensure_vocabulary(self, images: Sequence[Image], trained_on: str) -> Vocabulary:
-        """Train (or load from the cache) the vocabulary on `images`' descriptors."""
+    def ensure_vocabulary(self, images: Sequence[Image], trained_on: str, *,
+                          dataset_id: str | None = None) -> Vocabulary:
+        """Train (or load from the cache) the vocabulary on `images`' descriptors;
+        `dataset_id` names the dataset the images belong to when it is not the run's."""
         cfg = self.config
         key = {"trained_on": trained_on, **self.images_key(images)}
 
         def compute() -> dict[str, Any]:
-            feats = self.features(trained_on, images)
+            feats = self.features(trained_on, images, dataset_id=dataset_id)
             idx = sample_indices(feats.n_features, cfg.max_training_descriptors,
                                  self.context.seed)
             size = resolve_vocabulary_size(cfg.vocabulary_size, len(idx))
@@ -116,9 +128,11 @@ class SiftVocabularyMethod(Method):
                     "n_available_descriptors": int(feats.n_features),
                     "n_training_descriptors": len(idx)}
 
-        art = self.cached("vocabulary", key, compute, fields=self.vocabulary_fields)
+        art = self.cached("vocabulary", key, compute, fields=self.vocabulary_fields,
+                          dataset=dataset_id)
         self._vocabulary = Vocabulary(art["centroids"])
-        self._vocabulary_id = stable_hash(key)
+        self._vocabulary_id = stable_hash({**key, "dataset": dataset_id})
+        self._vocabulary_training = (images, trained_on, dataset_id)
         self._info.update({
             "vocabulary_trained_on": trained_on,
             "vocabulary_size": self._vocabulary.size,
@@ -148,12 +162,41 @@ class SiftVocabularyMethod(Method):
     # -- the contract -----------------------------------------------------------------
 
     def fit(self, train: Sequence[Image]) -> None:
-        """Train the vocabulary on the train split; an empty split defers to `index`,
-        which trains it on the database."""
+        """Train the vocabulary on the images `vocabulary_source` names (see
+        `VocabularyOptions`); 'database' defers to `index`."""
         train = list(train)
-        if train:
+        source = self.config.vocabulary_source
+        if source == "auto":
+            source = self.context.independent_set or ("train" if train else "database")
+        if source == "train":
+            if not train:
+                raise ConfigError(f"{self.name}: vocabulary_source='train' but the dataset "
+                                  f"{self.context.dataset_id or '(unnamed)'} has no train split; "
+                                  f"use 'auto', 'database' or a dataset name")
             self.ensure_vocabulary(train, "train")
-            self.forget_features()
+        elif source != "database":
+            images, dataset_id = self._independent_images(source)
+            self.ensure_vocabulary(images, dataset_id, dataset_id=dataset_id)
+            self._info["vocabulary_independent_set"] = source
+        self.forget_features()
+
+    def _independent_images(self, name: str) -> tuple[Sequence[Image], str]:
+        """The database of the registered dataset `name`, and its dataset id."""
+        hint = (f"the vocabulary of {self.name} on {self.context.dataset_id or 'this dataset'} "
+                f"is trained on {name!r} (vocabulary_source={self.config.vocabulary_source!r}"
+                f"; 'auto' picks the dataset's customary independent set). Fetch it with "
+                f"`bench data fetch {name}`, or pass --set vocabulary_source=train (or "
+                f"database) to train on this dataset instead")
+        if self.context.load_dataset is None:
+            raise ConfigError(f"{hint}; this run context cannot load other datasets (run "
+                              f"through irbench.harness.runner.run)")
+        try:
+            ds = self.context.load_dataset(name)
+        except IrbenchError as exc:
+            raise type(exc)(f"{exc}\n{hint}") from exc
+        if not len(ds.database):
+            raise ConfigError(f"{hint}; it has no database images")
+        return ds.database, f"{ds.name}@{ds.version}"
 
     def prepare_database(self, database: Sequence[Image]) -> tuple[np.ndarray, np.ndarray]:
         """Vocabulary (trained on the database if `fit` had no train split) and the

@@ -1,8 +1,10 @@
 """Visual vocabulary: flat k-means (faiss) on local descriptors, and hard assignment.
 
-The vocabulary is trained on the dataset's train split when it has one, else on the
-database (the common practice on Oxford/Paris/Holidays when no separate set is given;
-the run record says which in `info()["vocabulary_trained_on"]`). Training vectors are
+Which images train the vocabulary is `vocabulary_source`: by default ('auto') the
+dataset's customary independent set when it declares one (`Dataset.independent_set`:
+Paris6k for Oxford5k and vice versa, as in Philbin et al. 2007 and Jégou et al. 2008),
+else its train split, else its database (the common practice when no separate set is
+given); the run record says which in `info()["vocabulary_trained_on"]`. Training vectors are
 the descriptors as the method uses them (RootSIFT or SIFT), optionally a seeded random
 subsample of at most `max_training_descriptors` of them.
 
@@ -61,6 +63,11 @@ class VocabularyOptions:
     max_training_descriptors: int = param(
         500_000, "train the vocabulary on a seeded random subsample of at most this many "
                  "descriptors (0 = all); bounds k-means time on CPU")
+    vocabulary_source: str = param(
+        "auto", "images the vocabulary is trained on: 'auto' = the dataset's customary "
+                "independent set if it declares one (Paris for Oxford and vice versa), else "
+                "its train split, else its database; or 'train', 'database', or the name "
+                "of a registered dataset whose database is used")
 
 
 VOCABULARY_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(VocabularyOptions))

@@ -1,0 +1,307 @@
+"""Spatial Coding verification: keep the tentative SIFT matches whose pairwise left/right and
+above/below relations, in r rotated frames, agree between the query and a database image.
+
+Paper: W. Zhou, Y. Lu, H. Li, Y. Song, Q. Tian, "Spatial coding for large scale partial-duplicate
+web image search", ACM Multimedia 2010, p. 511: the spatial maps (X-map, Y-map), their
+generalization to r rotated frames (GX, GY) and the spatial verification built on them (the
+method section). Only the title page and abstract of the full text could be retrieved, so
+section and equation numbers are not cited; the definitions below (maps, θ_k = k·π/(2r), XOR,
+row sums, alternating x/y removal) are those of two public student implementations written
+for a course at USTC, the authors' university.
+
+Conventions: x right, y down, pixels (OpenCV keypoint frame). Match i pairs query keypoint
+(x_i, y_i) with database keypoint (x'_i, y'_i); m matches.
+
+Spatial maps of one image (K features), as in the paper:
+
+    Xmap(i, j) = 0 if x_i < x_j else 1,        Ymap(i, j) = 0 if y_i < y_j else 1.
+
+Generalized spatial maps: the frame is turned r times by θ_k = k·π/(2r), k = 0 .. r-1 (the r
+frames' axes split the plane around each feature into 4r sectors of π/(2r), each quadrant
+into r parts; r = 1 gives the plain maps):
+
+    x_i^(k) = cos θ_k · x_i - sin θ_k · y_i,    y_i^(k) = sin θ_k · x_i + cos θ_k · y_i,
+    GX(i, j, k) = 0 if x_i^(k) < x_j^(k) else 1,   GY likewise with y.
+
+Verification: Vx = GX_q XOR GX_d, Vy = GY_q XOR GY_d (query vs database maps of the same
+matches), and the inconsistency sums
+
+    S_x(i) = Σ_j Σ_k Vx(i, j, k),    S_y(i) = Σ_j Σ_k Vy(i, j, k).
+
+The match with the largest inconsistency is removed and the sums recomputed on the remaining
+matches, until all S_x and S_y are 0: the matches left are the verified ones (their number is
+the image score, computed by the caller).
+
+Implementation: Σ_k Vx and Σ_k Vy are built once per query rotation as m×m uint8 count
+matrices (numpy broadcasting on dense coordinate ranks; the database side is shared by all
+rotations); removing match t subtracts its column, S(i) -= Σ_k V(i, t, k), one O(m) step per
+removal, O(r·m²) in all. Removed matches are never selected again. Measured here (numpy, one
+thread): m = 1000 with 20 rotations about 0.1 s, m = 2000 with one rotation about 0.03 s.
+
+Behaviour: zero tolerance by design. Removal stops only when no inconsistency is left, and a
+pair whose direction lies near an axis of a frame changes side under a small turn or a
+little noise, so true matches are lost: on synthetic scenes of 60 true matches in a
+640×480 frame with 40 false ones (`tests/test_spatial_coding.py` scenes), ±1 px noise
+keeps about 90% of the true ones, ±0.25 px 97%, a 1° turn 66%, 2° 51%, 10° 22% (false ones
+are dropped, ≥ 95%, in all cases). Hence the query rotations below.
+
+Choices the paper leaves open, with the choice made:
+
+- r (`frames`): 2. Believed to be the paper's experimental setting; this could not be
+  checked against the full text.
+- Removal order: rounds of one x-step then one y-step (an x-step removes the match with the
+  largest S_x if that is > 0; a y-step likewise with S_y), until neither removes anything.
+- Ties between equal largest sums: the match with the larger sum on the other axis (larger
+  combined inconsistency), then the lower index.
+- Equal coordinates: the paper's "0 if <, else 1" is kept literally (a tie maps to 1 both
+  ways, the diagonal is 1 in both images so never inconsistent). A tie in one image against
+  a strict order in the other counts as one inconsistency out of the two entries (i, j),
+  (j, i), charged to the match whose row disagrees; a tie in both is consistent. V is then
+  not symmetric: S uses row sums and a removal subtracts the column, which stays exact.
+  Turned coordinates closer than 1e-9 times the largest |coordinate| count as equal, so
+  rounding in the rotated frames does not split ties (e.g. on a pixel grid).
+- Frame rotation centre: irrelevant (the maps compare coordinate differences, unchanged by a
+  translation); coordinates are centred on their centroid first for numerical range. Sines
+  and cosines of multiples of 90° are exact (0, ±1), so quarter turns give exact maps.
+- Rotation: spatial coding is not rotation invariant. Following the reproduction by Mei et
+  al. (2018), which "rotates the query 20 times by 18 degrees", the query is verified in
+  `query_rotations` orientations α_j = j·`query_rotation_step`, j = 0 .. n-1. A rotated query
+  image has the same SIFT visual words (descriptors are normalized to the dominant
+  orientation), hence the same tentative matches, so only the query keypoint COORDINATES are
+  turned, by α_j about the centroid of the query's matched keypoints (any centre gives the
+  same maps): x' = cos α·x - sin α·y, y' = sin α·x + cos α·y, clockwise on screen in the
+  y-down frame (a sweep of the full circle makes the direction immaterial). Frame k of
+  rotation j turns the query by α_j + θ_k and the database by θ_k. The result is the mask
+  of the rotation keeping the most matches, ties to the smallest rotation (j = 0: none).
+- Search over rotations (exact shortcuts, same result as verifying every rotation): stop once
+  a rotation keeps all m matches, and abandon a rotation as soon as its remaining matches are
+  no more than the best kept so far (it can no longer win).
+- No minimum number of matches: the image score is the number of matches kept (one match is
+  always consistent with itself); thresholds, if any, belong to the caller.
+- Re-extracting SIFT from rotated query images (the other reading of "rotating the query")
+  is not offered: it costs `query_rotations` extractions per query and, SIFT being
+  rotation invariant up to interpolation, gives the same words and matches.
+
+`SpatialCodingMethod` (registered as `spatial-coding`) applies `spatial_coding_inliers` to
+the tentative matches of each image in a first-stage shortlist
+(`irbench.methods.sift.verification`); its score is the number of matches kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from irbench.errors import ConfigError
+from irbench.harness.config import param
+from irbench.methods.sift.verification import Geometry, VerificationConfig, VerificationMethod
+
+__all__ = ["SpatialCodingOptions", "spatial_coding_single", "spatial_coding_inliers"]
+
+MAX_FRAMES = 255
+"""Counts of inconsistent frames are stored as uint8."""
+
+TIE_TOLERANCE = 1e-9
+"""Coordinates (centred, turned) closer than this times the largest |coordinate| are equal."""
+
+_DEAD = -(1 << 31)
+"""Inconsistency sum given to removed matches (never the largest again; far below -255·m)."""
+
+
+@dataclass(frozen=True)
+class SpatialCodingOptions:
+    """Config fields of Spatial Coding verification."""
+
+    frames: int = param(
+        2, "r: rotated coordinate frames of the generalized spatial maps GX/GY (frame k "
+           "turned by k*90/r degrees); 1 = plain X-map/Y-map")
+    query_rotations: int = param(
+        20, "verify the query keypoint coordinates turned this many times (by multiples of "
+            "query_rotation_step) and keep the best; 1 = no rotation")
+    query_rotation_step: float = param(
+        18.0, "degrees between successive query rotations (20 x 18 covers the full circle)")
+
+    def __post_init__(self) -> None:
+        if int(self.frames) != self.frames or not 1 <= self.frames <= MAX_FRAMES:
+            raise ConfigError(f"frames must be an integer in [1, {MAX_FRAMES}], "
+                              f"got {self.frames!r}")
+        if int(self.query_rotations) != self.query_rotations or self.query_rotations < 1:
+            raise ConfigError(f"query_rotations must be an integer >= 1, "
+                              f"got {self.query_rotations!r}")
+        if not math.isfinite(self.query_rotation_step):
+            raise ConfigError(f"query_rotation_step must be a finite number of degrees, "
+                              f"got {self.query_rotation_step!r}")
+
+
+def _as_points(query_xy: np.ndarray, db_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float64 (m, 2) copies of both point sets."""
+    q = np.asarray(query_xy, np.float64)
+    d = np.asarray(db_xy, np.float64)
+    for name, a in (("query_xy", q), ("db_xy", d)):
+        if a.ndim != 2 or a.shape[1] != 2:
+            raise ValueError(f"spatial coding: {name} must have shape (m, 2), got {a.shape}")
+    if q.shape != d.shape:
+        raise ValueError(f"spatial coding: query_xy and db_xy need one row per tentative "
+                         f"match each, got {q.shape[0]} and {d.shape[0]} rows")
+    for name, a in (("query_xy", q), ("db_xy", d)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"spatial coding: {name} has non-finite values")
+    return q, d
+
+
+def _cos_sin(degrees: float) -> tuple[float, float]:
+    """cos and sin of an angle in degrees, exact (0, ±1) at multiples of 90°."""
+    rad = math.radians(degrees)
+    c, s = math.cos(rad), math.sin(rad)
+    if abs(c - round(c)) < 1e-12:
+        c = float(round(c))
+    if abs(s - round(s)) < 1e-12:
+        s = float(round(s))
+    return c, s
+
+
+def _turn(xy: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of (centred) points turned by `degrees` (x' = c·x - s·y, y' = s·x + c·y)."""
+    c, s = _cos_sin(degrees)
+    x, y = xy[:, 0], xy[:, 1]
+    return c * x - s * y, s * x + c * y
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Dense ranks of `v`: same order, equal values share a rank, and so do values closer
+    than `TIE_TOLERANCE` times the largest |v| (rounding in rotated frames)."""
+    order = np.argsort(v, kind="stable")
+    sv = v[order]
+    tol = TIE_TOLERANCE * max(abs(float(sv[0])), abs(float(sv[-1])))
+    dtype = np.uint16 if len(v) <= np.iinfo(np.uint16).max else np.int64
+    ranks = np.empty(len(v), dtype)
+    ranks[order[0]] = 0
+    ranks[order[1:]] = np.cumsum(np.diff(sv) > tol)
+    return ranks
+
+
+def _order(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """bool[m, m] whose row t, column i is [v_i >= v_t]: map entry (i, t), stored by column."""
+    r = _ranks(v)
+    return np.greater_equal(r[None, :], r[:, None], out=out)
+
+
+class _Maps:
+    """Per-frame database orders and the query frames' angles, shared by all rotations."""
+
+    def __init__(self, q: np.ndarray, d: np.ndarray, frames: int) -> None:
+        self.q = q - q.mean(axis=0)
+        self.frames = [90.0 * k / frames for k in range(frames)]
+        d = d - d.mean(axis=0)
+        self.db = [tuple(_order(v) for v in _turn(d, theta)) for theta in self.frames]
+        m = len(q)
+        self._buf = np.empty((m, m), bool)
+        self._counts = (np.empty((m, m), np.uint8), np.empty((m, m), np.uint8))
+
+    def counts(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """uint8[m, m] counts, over frames, of inconsistent entries: [t, i] = Σ_k V(i, t, k),
+        for x and for y, with the query turned by `alpha` degrees. Overwritten by the next
+        call."""
+        buf = self._buf
+        for c in self._counts:
+            c.fill(0)
+        for theta, db_orders in zip(self.frames, self.db, strict=True):
+            for axis, v in enumerate(_turn(self.q, alpha + theta)):
+                _order(v, out=buf)
+                np.bitwise_xor(buf, db_orders[axis], out=buf)
+                np.add(self._counts[axis], buf.view(np.uint8), out=self._counts[axis])
+        return self._counts
+
+
+def _verify(cx: np.ndarray, cy: np.ndarray, give_up_at: int = -1) -> np.ndarray | None:
+    """Iterative removal on count matrices (row t = column t of V). Returns the kept mask, or
+    None as soon as no more than `give_up_at` matches remain."""
+    m = len(cx)
+    keep = np.ones(m, bool)
+    if m <= give_up_at:
+        return None
+    sx = cx.sum(axis=0, dtype=np.int32).astype(np.int64)  # int32 sums are faster; S < 2**31
+    sy = cy.sum(axis=0, dtype=np.int32).astype(np.int64)
+    weight = (MAX_FRAMES + 1) * m  # > any sum: ties on one axis go to the other axis
+    alive = m
+    removed = True
+    while removed:
+        removed = False
+        for main, other in ((sx, sy), (sy, sx)):
+            t = int(np.argmax(main * weight + other))
+            if main[t] <= 0:
+                continue
+            sx -= cx[t]
+            sy -= cy[t]
+            sx[t] = sy[t] = _DEAD
+            keep[t] = False
+            alive -= 1
+            removed = True
+            if alive <= give_up_at:
+                return None
+    return keep
+
+
+def spatial_coding_single(query_xy: np.ndarray, db_xy: np.ndarray, frames: int = 2
+                          ) -> np.ndarray:
+    """bool[m]: the matches kept by spatial coding with `frames` (r) generalized-map frames,
+    query as given (no rotation). Row i of `query_xy` and `db_xy` (float[m, 2], x right,
+    y down) is tentative match i."""
+    if int(frames) != frames or not 1 <= frames <= MAX_FRAMES:
+        raise ValueError(f"frames must be an integer in [1, {MAX_FRAMES}], got {frames!r}")
+    q, d = _as_points(query_xy, db_xy)
+    if len(q) <= 1:
+        return np.ones(len(q), bool)
+    keep = _verify(*_Maps(q, d, int(frames)).counts(0.0))
+    assert keep is not None
+    return keep
+
+
+def spatial_coding_inliers(query_xy: np.ndarray, db_xy: np.ndarray,
+                           options: SpatialCodingOptions = SpatialCodingOptions()
+                           ) -> np.ndarray:
+    """bool[m]: the matches kept by spatial coding, best of the query rotations (the one
+    keeping the most; ties to the smallest rotation). Row i of `query_xy` and `db_xy`
+    (float[m, 2], x right, y down) is tentative match i."""
+    q, d = _as_points(query_xy, db_xy)
+    m = len(q)
+    if m <= 1:
+        return np.ones(m, bool)
+    maps = _Maps(q, d, int(options.frames))
+    best = np.zeros(m, bool)
+    best_count = 0
+    for j in range(int(options.query_rotations)):
+        keep = _verify(*maps.counts(j * float(options.query_rotation_step)), best_count)
+        if keep is None:
+            continue
+        best, best_count = keep, int(keep.sum())
+        if best_count == m:
+            break
+    return best
+
+
+# -- the method -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpatialCodingConfig(SpatialCodingOptions, VerificationConfig):
+    """Spatial coding: SIFT, vocabulary, Hamming and shortlist fields, then its own."""
+
+
+class SpatialCodingMethod(VerificationMethod):
+    """Re-ranks a BoW (or HE+WGC) shortlist by the matches that survive spatial coding."""
+
+    name = "spatial-coding"
+    description = ("Spatial Coding (Zhou et al. 2010): X/Y maps in r rotated frames, query "
+                   "rotated 20 x 18 degrees, re-ranking a BoW shortlist")
+    Config = SpatialCodingConfig
+
+    def __init__(self, config: SpatialCodingConfig | None = None, context=None) -> None:
+        super().__init__(config, context)
+        self._options = SpatialCodingOptions(
+            **{f: getattr(self.config, f) for f in SpatialCodingOptions.__dataclass_fields__})
+
+    def inliers(self, query: Geometry, database: Geometry) -> np.ndarray:
+        return spatial_coding_inliers(query.xy, database.xy, self._options)
