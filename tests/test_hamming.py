@@ -166,9 +166,10 @@ def _naive_scores(index, q, s: ScanSettings):
     ScanSettings(hamming_weighting="gaussian", burstiness=True),
     ScanSettings(hamming_threshold=30, angle_bins=16, scale_bins=5, scale_bin_octaves=1.0),
 ])
-def test_scan_matches_the_per_posting_reference(settings):
+@pytest.mark.parametrize("n_images,per_image", [(30, 50), (3000, 3)])  # dense / sparse votes
+def test_scan_matches_the_per_posting_reference(settings, n_images, per_image):
     rng = np.random.default_rng(5)
-    words, offsets, sig, ang, sca = _random_index(rng)
+    words, offsets, sig, ang, sca = _random_index(rng, n_images=n_images, per_image=per_image)
     index = HammingIndex.build(words, offsets, 40, sig, ang, sca)
     q = _query(rng, words, sig)
     ours, scanned = index.scores(*q, settings)

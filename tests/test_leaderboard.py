@@ -44,3 +44,23 @@ def test_latest_record_wins(tmp_path):
     old = recs[0]
     newer = type(old)(**{**old.__dict__, "date": "9999-01-01", "metrics": old.metrics})
     assert lb.latest_records([old, newer])[0] is newer
+
+
+def test_detail_accepts_the_run_spec_of_a_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from irbench.cli.main import cli
+    from tests.tiny import make_folder
+
+    folder = make_folder(tmp_path / "my photos")
+    opts = RunOptions(cache_dir=tmp_path / "c", results_dir=tmp_path / "r", workers=1)
+    rec = run(MeanColor, f"folder:{folder}", opts)
+    assert rec.dataset == "folder:my photos"
+    for spec in (f"folder:{folder}", f"folder:{folder}/", "folder:my photos"):
+        assert len(lb.detail([rec], spec).rows) == 1
+    assert not lb.detail([rec], "folder:other").rows
+    result = CliRunner().invoke(cli, ["leaderboard", "-d", "demo",
+                                      "--results-dir", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "no run records for dataset 'demo'" in result.output
+    assert "folder:my photos" in result.output

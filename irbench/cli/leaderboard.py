@@ -31,6 +31,11 @@ def leaderboard_cmd(dataset, fmt, no_reported, results_dir) -> None:
     if not records:
         err_console.print(f"no run records in {results_dir}/ yet: try "
                           "`bench run --method bow --dataset demo`", highlight=False)
+    if dataset and records and not any(lb.matches_dataset(r, dataset) for r in records):
+        known = sorted({lb.dataset_label(r) for r in records})
+        err_console.print(f"no run records for dataset {dataset!r} in {results_dir}/; "
+                          f"datasets with records: {', '.join(known)}", highlight=False)
+        raise SystemExit(1)
     table = (lb.detail(records, dataset, reported=not no_reported) if dataset
              else lb.overview(records, reported=not no_reported))
     if fmt == "markdown":

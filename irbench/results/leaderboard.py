@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from irbench.results.store import RunRecord
@@ -126,10 +127,18 @@ def overview(records: list[RunRecord], *, reported: bool = True) -> Table:
     return table
 
 
+def matches_dataset(record: RunRecord, dataset: str) -> bool:
+    """Whether `record` ran on `dataset`: its name, its label with options, or the spec
+    given to `bench run` (`folder:PATH` is recorded as `folder:<folder name>`)."""
+    if record.dataset == dataset or dataset_label(record) == dataset:
+        return True
+    name, sep, arg = dataset.partition(":")
+    return bool(sep and arg) and record.dataset == f"{name}:{PurePath(arg.rstrip('/')).name}"
+
+
 def detail(records: list[RunRecord], dataset: str, *, reported: bool = True) -> Table:
     """One dataset: every setting's mAP and mP@k, N-S score, stage timings, memory, index size."""
-    records = [r for r in latest_records(records)
-               if r.dataset == dataset or dataset_label(r) == dataset]
+    records = [r for r in latest_records(records) if matches_dataset(r, dataset)]
     settings: list[str] = []
     ks: list[str] = []
     for r in records:

@@ -334,10 +334,13 @@ class HammingIndex:
             return out, scanned
         # Work on the images that got a vote only (a few of N after HE filtering).
         image = self.invfile.image_ids[pos].astype(np.int64)
-        hit = np.flatnonzero(np.bincount(image, minlength=n))
-        local = np.empty(n, np.int64)
-        local[hit] = np.arange(len(hit))
-        image = local[image]
+        if len(image) * 16 < n:  # few votes: sort them rather than touch all N images
+            hit, image = np.unique(image, return_inverse=True)
+        else:
+            hit = np.flatnonzero(np.bincount(image, minlength=n))
+            local = np.empty(n, np.int64)
+            local[hit] = np.arange(len(hit))
+            image = local[image]
         weight = self.idf[words[src]].astype(np.float64) ** 2
         if s.hamming_weighting == "gaussian":
             weight = weight * np.exp(-(dist.astype(np.float64) ** 2) / s.gaussian_sigma ** 2)
