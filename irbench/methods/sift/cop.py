@@ -286,13 +286,12 @@ class CopMethod(VerificationMethod):
     description = ("COP (Chu et al. 2013): combined orientation-position consistency graph "
                    "over tentative SIFT matches, re-ranking a BoW shortlist")
     Config = CopConfig
+    Options = CopOptions
 
     def __init__(self, config: CopConfig | None = None, context=None) -> None:
         super().__init__(config, context)
-        check_cop_options(self.config)
-        self._options = CopOptions(**{f: getattr(self.config, f)
-                                      for f in CopOptions.__dataclass_fields__})
+        check_cop_options(self.options)
 
     def inliers(self, query: Geometry, database: Geometry) -> np.ndarray:
         return cop_inliers(query.xy, query.angle, query.scale, database.xy, database.angle,
-                           database.scale, self._options)
+                           database.scale, self.options)

@@ -266,13 +266,12 @@ class GeometricCodingMethod(VerificationMethod):
     description = ("Geometric Coding (Zhou et al. 2013): square and fan maps in each "
                    "feature's own frame, re-ranking a BoW shortlist")
     Config = GeometricCodingConfig
+    Options = GeometricCodingOptions
 
     def __init__(self, config: GeometricCodingConfig | None = None, context=None) -> None:
         super().__init__(config, context)
-        check_geometric_coding_options(self.config)
-        self._options = GeometricCodingOptions(
-            **{f: getattr(self.config, f) for f in GeometricCodingOptions.__dataclass_fields__})
+        check_geometric_coding_options(self.options)
 
     def inliers(self, query: Geometry, database: Geometry) -> np.ndarray:
         return geometric_coding_inliers(query.xy, query.angle, query.scale, database.xy,
-                                        database.angle, database.scale, self._options)
+                                        database.angle, database.scale, self.options)

@@ -297,11 +297,7 @@ class SpatialCodingMethod(VerificationMethod):
     description = ("Spatial Coding (Zhou et al. 2010): X/Y maps in r rotated frames, query "
                    "rotated 20 x 18 degrees, re-ranking a BoW shortlist")
     Config = SpatialCodingConfig
-
-    def __init__(self, config: SpatialCodingConfig | None = None, context=None) -> None:
-        super().__init__(config, context)
-        self._options = SpatialCodingOptions(
-            **{f: getattr(self.config, f) for f in SpatialCodingOptions.__dataclass_fields__})
+    Options = SpatialCodingOptions
 
     def inliers(self, query: Geometry, database: Geometry) -> np.ndarray:
-        return spatial_coding_inliers(query.xy, database.xy, self._options)
+        return spatial_coding_inliers(query.xy, database.xy, self.options)

@@ -34,9 +34,10 @@ of pairs per image, nearly all false).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -183,10 +184,15 @@ class VerificationMethod(HammingEmbeddingMixin):
     `Config` (inheriting `VerificationConfig` and their own options) and `inliers`."""
 
     Config = VerificationConfig
+    Options: ClassVar[type | None] = None
+    """The verifier's own options dataclass (its fields are part of `Config`); `__init__`
+    builds `self.options` from the config's values."""
 
     def __init__(self, config: Any = None, context: Any = None) -> None:
         super().__init__(config, context)
         cfg = self.config
+        self.options = (None if self.Options is None else self.Options(
+            **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(self.Options)}))
         if cfg.shortlist < 1:
             raise ConfigError(f"shortlist must be >= 1, got {cfg.shortlist}")
         if cfg.first_stage not in ("bow", "he-wgc"):
