@@ -65,11 +65,14 @@ def test_bow_on_oxford5k_laid_out_as_the_readme_says(tmp_path, monkeypatch):
     root = make_oxford(tmp_path / "data", distinct=True, size=1024)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner(env={"COLUMNS": "200"})
+    # Paris6k (the default vocabulary set for Oxford) is not laid out: train on the split
     result = runner.invoke(cli, ["run", "--method", "bow", "--dataset", "oxford5k",
-                                 "--data-root", str(root), "-q"], catch_exceptions=False)
+                                 "--data-root", str(root), "-q",
+                                 "--set", "vocabulary_source=train"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     [record] = [json.loads(f.read_text())
                 for f in Path(os.environ["IRBENCH_RESULTS"]).glob("*.json")]
     assert record["dataset"] == "oxford5k"
+    assert record["method_info"]["vocabulary_trained_on"] == "train"
     assert record["metrics"]["settings"][""]["queries_evaluated"] == 55
     assert record["protocol"]["crop_query"] is True

@@ -198,14 +198,18 @@ class SiftVocabularyMethod(Method):
             raise ConfigError(f"{hint}; it has no database images")
         return ds.database, f"{ds.name}@{ds.version}"
 
-    def prepare_database(self, database: Sequence[Image]) -> tuple[np.ndarray, np.ndarray]:
+    def prepare_database(self, database: Sequence[Image], *, keep_features: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
         """Vocabulary (trained on the database if `fit` had no train split) and the
         database's words and offsets; records feature counts in `info`. The list is
-        passed on as given, so shared segments (distractors) keep their own cache."""
+        passed on as given, so shared segments (distractors) keep their own cache.
+        `keep_features` keeps the database features in memory for the caller's next
+        `features` / `embedded` call (it then calls `forget_features`)."""
         if self._vocabulary is None:
             self.ensure_vocabulary(database, "database")
         words, offsets = self.words("database", database)
-        self.forget_features()
+        if not keep_features:
+            self.forget_features()
         counts = np.diff(offsets)
         self._info.update({
             "database_features": int(offsets[-1]),

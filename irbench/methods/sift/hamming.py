@@ -479,7 +479,7 @@ class HeWgcMethod(HammingEmbeddingMixin):
         self._index: HammingIndex | None = None
 
     def index(self, database: Sequence[Image]) -> None:
-        words, offsets = self.prepare_database(database)
+        words, offsets = self.prepare_database(database, keep_features=True)
         sig, ang, sca = self.embedded("database", database, words)
         self.forget_features()
         self._index = HammingIndex.build(words, offsets, self._vocabulary.size, sig, ang, sca)

@@ -217,7 +217,7 @@ class VerificationMethod(HammingEmbeddingMixin):
     # -- the contract -----------------------------------------------------------------
 
     def index(self, database: Sequence[Image]) -> None:
-        words, offsets = self.prepare_database(database)
+        words, offsets = self.prepare_database(database, keep_features=True)
         cfg = self.config
         self._db_signatures = None
         if cfg.first_stage == "he-wgc" or self._filters_by_hamming:
