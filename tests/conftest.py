@@ -24,6 +24,19 @@ def _isolated(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_logging():
+    """The CLI sets up the `irbench` logger (handlers, no propagation); undo it after each
+    test so that later tests' `caplog` sees irbench's warnings."""
+    import logging
+
+    yield
+    logger = logging.getLogger("irbench")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """Tests never touch the network: only loopback connections are allowed."""
     import socket
@@ -46,6 +59,16 @@ def _no_network(monkeypatch):
         return real_getaddrinfo(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture(scope="module")
+def toy_method():
+    """The toy method `mean-color` (tests.tiny.MeanColor), registered for CLI tests."""
+    from irbench.harness.registry import METHODS
+    from tests.tiny import MeanColor
+
+    if "mean-color" not in METHODS.names():
+        METHODS.register("mean-color", MeanColor, source="tests")
 
 
 @pytest.fixture

@@ -1,17 +1,27 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from irbench.cli.main import cli
-from irbench.harness.registry import METHODS
+from irbench.harness.parallel import parallel_map
+from tests.conftest import REPO
+from tests.test_parallel import (
+    kill_leftovers,
+    pids_recorded,
+    record_and_sleep,
+    wait_dead,
+    wait_for,
+)
 from tests.tiny import MeanColor, make_manifest
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _toy_method():
-    if "mean-color" not in METHODS.names():
-        METHODS.register("mean-color", MeanColor, source="tests")
+pytestmark = pytest.mark.usefixtures("toy_method")
 
 
 def invoke(*args):
@@ -46,7 +56,7 @@ def test_run_then_leaderboard(tmp_path):
     out = invoke("leaderboard", "--results-dir", str(tmp_path / "r"), "--format", "csv")
     assert out.exit_code == 0
     lines = out.output.splitlines()
-    assert lines[0].startswith("method,config,kind,tiny")
+    assert lines[0].startswith("method,config,run,kind,tiny")
     assert sum(line.startswith("mean-color") for line in lines) == 3
     assert "reported" in out.output
     out = invoke("leaderboard", "--results-dir", str(tmp_path / "r"), "-d", "tiny")
@@ -81,4 +91,112 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(cli, ["run", "-m", "mean-color", "-d", f"manifest:{manifest}",
                                       "--no-record", "-q", "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 2
-    assert "c1_1.png" in result.output and "decodable" in result.output
+    assert "c1_1.png" in result.output and "not an image" in result.output
+
+
+# -- signals and exit codes ---------------------------------------------------------------------
+
+class SlowColor(MeanColor):
+    """`mean-color` whose encode first runs two long worker processes (signal tests)."""
+
+    name = "slow-color"
+
+    def encode(self, images):
+        folder = Path(os.environ["IRBENCH_TEST_SLOW_DIR"])
+        try:
+            parallel_map(record_and_sleep, [str(folder / "w0"), str(folder / "w1")], workers=2,
+                         chunksize=1)
+        finally:
+            (folder / "finally-ran").touch()
+        return super().encode(images)
+
+
+RUN_SLOW = """
+from irbench.cli.main import main
+from irbench.harness.registry import METHODS
+from tests.test_cli import SlowColor
+METHODS.register("slow-color", SlowColor, source="tests")
+main()
+"""
+
+
+@pytest.mark.parametrize("sig,code,line", [(signal.SIGINT, 130, "interrupted"),
+                                           (signal.SIGTERM, 143, "terminated")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_ends_the_run_promptly(tmp_path, sig, code, line):
+    manifest = make_manifest(tmp_path / "d", classes=2, per_class=2)
+    env = dict(os.environ, PYTHONPATH=str(REPO), IRBENCH_TEST_SLOW_DIR=str(tmp_path))
+    args = ["run", "-m", "slow-color", "-d", f"manifest:{manifest}", "-q", "--no-record",
+            "--cache-dir", str(tmp_path / "c")]
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        child = subprocess.Popen([sys.executable, "-c", RUN_SLOW, *args], cwd=REPO, env=env,
+                                 stdout=out, stderr=err, start_new_session=True)
+    pids: list[int] = []
+    try:
+        wait_for(lambda: len(pids_recorded(tmp_path, "w")) == 2, 120, "two workers to start")
+        pids = pids_recorded(tmp_path, "w")
+        if sig == signal.SIGINT:
+            os.killpg(child.pid, sig)  # Ctrl-C reaches the whole foreground process group
+        else:
+            child.send_signal(sig)
+        assert child.wait(timeout=30) == code
+        stderr = (tmp_path / "err").read_text()
+        assert line in stderr.splitlines(), stderr
+        assert "Aborted!" not in stderr and "Traceback" not in stderr, stderr
+        assert (tmp_path / "finally-ran").exists()
+        assert wait_dead(pids, 5.0) == []
+    finally:
+        if child.poll() is None:
+            child.kill()
+        kill_leftovers(pids)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, EOFError])
+def test_interrupt_and_eof_are_never_aborted(exc):
+    @click.command("raise-it")
+    def raise_it() -> None:
+        raise exc
+
+    cli.add_command(raise_it)
+    try:
+        result = CliRunner().invoke(cli, ["raise-it"])
+    finally:
+        cli.commands.pop("raise-it")
+    assert "Aborted!" not in result.output
+    if exc is KeyboardInterrupt:
+        assert result.exit_code == 130
+        assert result.output.strip() == "interrupted"
+    else:  # a bug, shown as one
+        assert result.exit_code == 1
+        assert isinstance(result.exception, RuntimeError)
+        assert isinstance(result.exception.__cause__, EOFError)
+
+
+# -- IRBENCH_WORKERS and --workers ---------------------------------------------------------------
+
+def test_bad_irbench_workers_does_not_break_help():
+    env = dict(os.environ, IRBENCH_WORKERS="abc")
+    for args in (["--help"], ["run", "--help"]):
+        done = subprocess.run([sys.executable, "-m", "irbench.cli.main", *args], env=env,
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "Usage:" in done.stdout
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1"])
+def test_bad_irbench_workers_is_one_line_when_used(tmp_path, value):
+    manifest = make_manifest(tmp_path / "d")
+    result = CliRunner(env={"IRBENCH_WORKERS": value}).invoke(
+        cli, ["run", "-m", "mean-color", "-d", f"manifest:{manifest}", "--no-record", "-q"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: IRBENCH_WORKERS='{value}'")
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_workers_below_one_is_a_usage_error(tmp_path, value):
+    manifest = make_manifest(tmp_path / "d")
+    result = CliRunner().invoke(cli, ["run", "-m", "mean-color", "-d", f"manifest:{manifest}",
+                                      "--no-record", "-q", "--workers", value])
+    assert result.exit_code == 2
+    assert "--workers" in result.output

@@ -228,7 +228,7 @@ def test_fcnn_weights_are_cached_and_reused(tmp_path):
     second = run("fcnn", "demo", opts, {"backbone": "efficientnet-lite0", "epochs": 2,
                                         "pooling": "gem"})
     hits = {e["kind"]: e["hit"] for e in second.cache_events}
-    assert hits["fcnn/finetuned"] is True
+    assert hits["fcnn/finetune"] is True
     assert first.method_info["finetuned_classes"] == 4
 
 

@@ -41,3 +41,32 @@ def test_method_contract(name, tiny_demo, tmp_path):
     again, again_scores = _ranks(name, ds, tmp_path / "b")  # fresh cache: recomputed
     np.testing.assert_array_equal(ranks, again)
     np.testing.assert_allclose(scores, again_scores, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_config_field_declares_a_stage_the_method_has(name):
+    """Cache keys are derived from these declarations: a built-in method declares the
+    stage of every field (a plugin may leave it out: the field then feeds every stage)."""
+    import dataclasses
+
+    from irbench.harness.config import field_stage
+    from irbench.methods.base import NO_STAGE, QUERY_STAGE
+
+    cls = METHODS.get(name)
+    if not cls.__module__.startswith("irbench."):
+        pytest.skip("a plugin")
+    allowed = {*cls.stages, QUERY_STAGE, NO_STAGE}
+    for f in dataclasses.fields(cls.Config):
+        assert field_stage(f) in allowed, f"{name}.{f.name}: stage {field_stage(f)!r}"
+    for stage in cls.stages:
+        cls.upstream(stage)  # every `after` names a declared stage
+
+
+def test_sift_extraction_parameters_are_the_fields_of_stage_sift():
+    import dataclasses
+
+    from irbench.harness.config import field_stage
+    from irbench.methods.sift.keypoints import SIFT_STAGE, SiftOptions, SiftParams
+
+    declared = {f.name for f in dataclasses.fields(SiftOptions) if field_stage(f) == SIFT_STAGE}
+    assert declared == {f.name for f in dataclasses.fields(SiftParams)}

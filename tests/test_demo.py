@@ -14,6 +14,7 @@ from irbench.datasets import demo as demo_module
 from irbench.datasets.base import Dataset
 from irbench.datasets.demo import INDEX_NAME, DemoConfig, DemoDataset
 from irbench.datasets.images import read_image
+from irbench.datasets.signature import ImageSigner
 from irbench.errors import ConfigError
 from irbench.harness.config import build_config
 
@@ -40,7 +41,7 @@ def _same(a: Dataset, b: Dataset) -> None:
         assert sorted(ta) == sorted(tb)
         for key in ta:
             assert np.array_equal(ta[key], tb[key])
-    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint(ImageSigner()) == b.fingerprint(ImageSigner())
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +154,18 @@ def test_partial_generation_is_regenerated(tmp_path):
     assert _digests(ds.root) == good
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "missing-image"])
+@pytest.mark.parametrize("damage", ["corrupt", "missing-image", "changed-image"])
 def test_damaged_index_is_regenerated(tmp_path, damage):
     ds = _provider(tmp_path, **SMALL).load()
     good = _digests(ds.root)
     if damage == "corrupt":
         (ds.root / INDEX_NAME).write_text('{"format": 1, "train": [')
-    else:
+    elif damage == "missing-image":
         ds.queries[0].path.unlink()
+    else:  # same size, other bytes: a damaged image is never used
+        data = bytearray(ds.database[1].path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        ds.database[1].path.write_bytes(bytes(data))
     again = _provider(tmp_path, **SMALL).load()
     _same(ds, again)
     assert _digests(ds.root) == good

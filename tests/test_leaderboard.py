@@ -18,7 +18,7 @@ def test_overview_rows_and_reported(tmp_path):
     measured = [r for i, r in enumerate(t.rows) if i not in t.reported_rows]
     assert {r[1] for r in measured} == {"default", "grid=1"}
     reported = [t.rows[i] for i in t.reported_rows]
-    assert all(r[2].startswith("reported") for r in reported)
+    assert all(r[3] == "reported" for r in reported)
     values = {r[t.columns.index("instre-s")] for r in reported}
     assert {"28.6", "26.9", "32.2"} <= values
     assert any(r[t.columns.index("oxford5k")] == "40.4" for r in reported)

@@ -32,7 +32,7 @@ def test_run_produces_a_complete_record(tmp_path, tiny):
     records, problems = read_records(tmp_path / "results")
     assert not problems and [r.run_id for r in records] == [rec.run_id]
     doc = json.loads((tmp_path / "results" / f"{rec.run_id}.json").read_text())
-    assert doc["schema_version"] == 1 and doc["metrics"]["settings"][""]["map"] == m["map"]
+    assert doc["schema_version"] == 2 and doc["metrics"]["settings"][""]["map"] == m["map"]
 
 
 def test_rerun_reuses_cache_and_is_identical(tmp_path, tiny):

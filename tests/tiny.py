@@ -13,7 +13,7 @@ import numpy as np
 from irbench.datasets.base import Image, Query
 from irbench.datasets.images import read_image
 from irbench.harness.config import param
-from irbench.methods.base import GlobalDescriptorMethod
+from irbench.methods.base import GlobalDescriptorMethod, Stage
 
 COLORS = [(220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 200, 40)]
 
@@ -36,8 +36,10 @@ def make_folder(root: Path, classes: int = 4, per_class: int = 3) -> Path:
     return root
 
 
-def make_manifest(root: Path, classes: int = 4, per_class: int = 3) -> Path:
-    """`classes` x `per_class` database images, one separate query per class (with a box)."""
+def make_manifest(root: Path, classes: int = 4, per_class: int = 3,
+                  train_classes: Sequence[int] = (), filename: str = "tiny.json") -> Path:
+    """`classes` x `per_class` database images, one separate query per class (with a box),
+    and two labelled train images of each of `train_classes`."""
     database, queries = [], []
     for c in range(classes):
         for v in range(per_class):
@@ -48,17 +50,25 @@ def make_manifest(root: Path, classes: int = 4, per_class: int = 3) -> Path:
         make_image(root / qname, c, per_class)
         queries.append({"path": qname, "box": [4, 4, 60, 60],
                         "positives": [f"db/c{c}_{v}.png" for v in range(per_class)]})
+    train = []
+    for c in train_classes:
+        for v in (5, 6):
+            name = f"train/c{c}_{v}.png"
+            make_image(root / name, c, v)
+            train.append({"path": name, "label": f"c{c}", "box": [4, 4, 60, 60]})
     doc = {"name": "tiny", "version": "1", "database": database, "queries": queries,
-           "protocol": {"crop_query": True, "precision_at": [1, 3]}}
-    path = root / "tiny.json"
+           "protocol": {"crop_query": True, "precision_at": [1, 3]},
+           **({"train": train} if train else {})}
+    path = root / filename
     path.write_text(json.dumps(doc))
     return path
 
 
 @dataclass(frozen=True)
 class MeanColorConfig:
-    grid: int = param(2, "cells per side; each contributes its mean colour")
-    unused: int = param(0, "a field the features do not depend on")
+    grid: int = param(2, "cells per side; each contributes its mean colour", minimum=1,
+                      stage="features")
+    unused: int = param(0, "a field the features do not depend on", stage="query")
 
 
 class MeanColor(GlobalDescriptorMethod):
@@ -67,7 +77,6 @@ class MeanColor(GlobalDescriptorMethod):
     name = "mean-color"
     description = "toy: mean colour per grid cell"
     Config = MeanColorConfig
-    feature_fields = ("grid",)
     encoded = 0
 
     def encode(self, images: Sequence[Image | Query]) -> np.ndarray:
@@ -79,6 +88,36 @@ class MeanColor(GlobalDescriptorMethod):
             arr = cv2.resize(read_image(im.path, box), (8 * g, 8 * g), interpolation=cv2.INTER_AREA)
             out.append(arr.reshape(g, 8, g, 8, 3).mean(axis=(1, 3)).reshape(-1))
         return np.asarray(out, np.float32) - 128.0
+
+
+@dataclass(frozen=True)
+class TrainedColorConfig:
+    grid: int = param(2, "cells per side", minimum=1, stage="features")
+
+
+class TrainedColor(MeanColor):
+    """A toy trained descriptor: the mean colour grid minus the mean of the train split's
+    (its "network", an upstream artifact the features depend on, like F-CNN's)."""
+
+    name = "trained-color"
+    description = "toy: mean colour per grid cell, centred on the train split"
+    Config = TrainedColorConfig
+    stages = {"finetune": Stage(seeded=True), "features": Stage(after=("finetune",))}
+
+    def fit(self, train: Sequence[Image]) -> None:
+        train = tuple(train)
+
+        def compute() -> dict:
+            return {"mean": MeanColor.encode(self, train).mean(axis=0)}
+
+        art = self.cached("finetune", compute, inputs={"train": self.context.identify(train)})
+        self._mean, self._network_id = np.asarray(art["mean"], np.float32), art.id
+
+    def feature_inputs(self) -> dict:
+        return {"network": self._network_id}
+
+    def encode(self, images: Sequence[Image | Query]) -> np.ndarray:
+        return super().encode(images) - self._mean
 
 
 def demo_photo_folder(root: Path, objects: int) -> Path:

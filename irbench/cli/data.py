@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from irbench.cli.ui import console, make_progress, setup_logging
 from irbench.datasets import manage
@@ -58,7 +59,7 @@ def fetch_cmd(name, from_path, force, keep_archives, data_root, quiet, verbose) 
 
 @data_cmd.command("verify")
 @click.argument("name")
-@click.option("--workers", type=int, default=None,
+@click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes decoding images [env IRBENCH_WORKERS].")
 @click.option("--no-decode", is_flag=True, help="Only check that files exist, do not decode them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -66,7 +67,8 @@ def fetch_cmd(name, from_path, force, keep_archives, data_root, quiet, verbose) 
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def verify_cmd(name, workers, no_decode, as_json, data_root, quiet) -> None:
     """Check NAME: image counts, every ground-truth name resolves to an image, every image
-    decodes. Lists what is missing or corrupt; exits 1 when anything is."""
+    decodes. NAME may also be folder:PATH or manifest:FILE.json (every image of it is
+    checked). Lists what is missing or corrupt; exits 1 when anything is."""
     setup_logging(quiet or as_json, False)
     report = manage.verify(name, _data_root(data_root), workers=workers or default_workers(),
                            progress=make_progress(quiet or as_json), decode=not no_decode)
@@ -76,14 +78,16 @@ def verify_cmd(name, workers, no_decode, as_json, data_root, quiet) -> None:
         for pkg, (found, expected) in report.counts.items():
             exp = f" (expected {expected:,})" if expected is not None else ""
             console.print(f"{pkg}: {found:,} image files{exp}")
-        console.print(f"{report.images_checked:,} images of {name} checked")
+        console.print(f"{report.images_checked:,} images of {name} checked", markup=False,
+                      soft_wrap=True)
         for title, items in (("problems", report.problems), ("missing", report.missing),
                              ("corrupt", report.corrupt)):
             if items:
-                console.print(f"[bold red]{title} ({len(items)}):[/]")
+                console.print(Text(f"{title} ({len(items)}):", style="bold red"))
                 for item in items:
                     console.print(f"  {item}", soft_wrap=True, markup=False)
-        console.print("[green]OK[/]" if report.ok else "[bold red]NOT OK[/]")
+        console.print(Text("OK", style="green") if report.ok
+                      else Text("NOT OK", style="bold red"))
     if not report.ok:
         raise SystemExit(1)
 
@@ -113,8 +117,9 @@ def info_cmd(name, as_json, data_root) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    console.print(f"[bold]{name}[/]: {result['status']}"
-                  + (f" — {result['description']}" if "description" in result else ""))
+    console.print(Text.assemble((name, "bold"), f": {result['status']}"
+                                + (f" — {result['description']}" if "description" in result
+                                   else "")))
     if "dataset" in result:
         d = result["dataset"]
         console.print(f"  version {d['version']}: {d['database']:,} database images, "
@@ -122,12 +127,14 @@ def info_cmd(name, as_json, data_root) -> None:
                       + (f" in {d['classes']} classes" if d["classes"] else ""))
         console.print(f"  protocol: {d['protocol']['description']}", markup=False)
     if result.get("corrupt"):
-        console.print(f"  [red]{len(result['corrupt'])} damaged image(s)[/] (quick check of "
-                      "both ends of each file; `bench data verify` decodes them all):")
+        console.print(Text.assemble("  ", (f"{len(result['corrupt'])} damaged image(s)", "red"),
+                                    " (quick check of both ends of each file; `bench data "
+                                    "verify` decodes them all):"))
         for line in result["corrupt"]:
             console.print(f"    {line}", markup=False, soft_wrap=True)
     if "error" in result:
-        console.print(f"  [red]error:[/] {result['error']}", soft_wrap=True)
+        console.print(Text.assemble("  ", ("error:", "red"), f" {result['error']}"),
+                      soft_wrap=True)
     for p in result["packages"]:
         exp = f" of {p['expected_images']:,}" if p["expected_images"] else ""
         console.print(f"  package {p['name']}: {p['status']}, {p['images']:,}{exp} images, "

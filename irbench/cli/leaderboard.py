@@ -27,7 +27,8 @@ def leaderboard_cmd(dataset, fmt, no_reported, results_dir) -> None:
     results_dir = results_dir or default_results_dir()
     records, problems = read_records(results_dir)
     for p in problems:
-        err_console.print(Text.assemble(("skipped: ", "yellow"), p))
+        err_console.print(Text.assemble(("warning: skipped ", "yellow"), p), soft_wrap=True)
+    code = current_code(records)
     if not records:
         err_console.print(f"no run records in {results_dir}/ yet: try "
                           "`bench run --method bow --dataset demo`", highlight=False)
@@ -36,8 +37,8 @@ def leaderboard_cmd(dataset, fmt, no_reported, results_dir) -> None:
         err_console.print(f"no run records for dataset {dataset!r} in {results_dir}/; "
                           f"datasets with records: {', '.join(known)}", highlight=False)
         raise SystemExit(1)
-    table = (lb.detail(records, dataset, reported=not no_reported) if dataset
-             else lb.overview(records, reported=not no_reported))
+    table = (lb.detail(records, dataset, reported=not no_reported, current_code=code)
+             if dataset else lb.overview(records, reported=not no_reported, current_code=code))
     if fmt == "markdown":
         click.echo(lb.to_markdown(table), nl=False)
     elif fmt == "csv":
@@ -48,10 +49,26 @@ def leaderboard_cmd(dataset, fmt, no_reported, results_dir) -> None:
         console.print(to_rich(table))
 
 
+def current_code(records: list) -> dict[str, str]:
+    """The code identity today of each registered method that has records (a record of
+    another code identity is stale); methods no longer registered are left out."""
+    from irbench.errors import IrbenchError
+    from irbench.harness.registry import METHODS
+    from irbench.methods.base import code_identity
+
+    out = {}
+    for name in sorted({r.method for r in records}):
+        try:
+            out[name] = code_identity(METHODS.get(name))
+        except (IrbenchError, OSError, SyntaxError):
+            continue
+    return out
+
+
 def to_rich(table: lb.Table) -> RichTable:
     out = RichTable(title=table.title, caption="\n".join(table.notes) or None)
     for i, col in enumerate(table.columns):
-        out.add_column(col, justify="left" if i < 3 else "right")
+        out.add_column(col, justify="left" if i < 4 else "right")
     for i, row in enumerate(table.rows):
         out.add_row(*row, style="italic dim" if i in table.reported_rows else None)
     return out

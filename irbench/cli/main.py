@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import click
 
@@ -15,19 +19,57 @@ from irbench.cli.run import run_cmd
 from irbench.errors import IrbenchError
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that `finally` blocks run (temporary files
+    removed, worker processes stopped) before the process exits with code 143."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises `_Terminated` (when it has no other handler)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _fail(message: str, prefix: str = "error: ") -> None:
+    from rich.text import Text
+
+    from irbench.cli.ui import err_console
+
+    err_console.print(Text.assemble((prefix, "bold red"), message), soft_wrap=True)
+
+
 class _Group(click.Group):
-    """Turns expected failures (IrbenchError) into one clear message and exit code 2."""
+    """Turns expected failures (IrbenchError) into one clear message and exit code 2;
+    Ctrl-C into "interrupted" and exit code 130; SIGTERM into exit code 143."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _sigterm_raises():
+                return super().invoke(ctx)
         except IrbenchError as exc:
-            from rich.text import Text
-
-            from irbench.cli.ui import err_console
-
-            err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+            _fail(str(exc))
             sys.exit(2)
+        except KeyboardInterrupt:
+            _fail("interrupted", prefix="")
+            sys.exit(130)
+        except _Terminated:
+            _fail("terminated", prefix="")
+            sys.exit(143)
+        except EOFError as exc:  # click would report it as "Aborted!": it is a bug, show it
+            raise RuntimeError(f"unexpected EOFError: {exc}") from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],

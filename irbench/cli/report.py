@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.text import Text
 
-from irbench.cli.ui import console
+from irbench.cli.ui import console, err_console
+from irbench.harness.runner import check_writable
 from irbench.results.report import write_report
 from irbench.results.store import default_results_dir, read_records
 
@@ -23,8 +25,12 @@ def report_cmd(dataset, method, out, results_dir) -> None:
     """Draw mAP against the number of regions K, one line per fusion (the paper's Fig. 4),
     from the run records of a `--sweep regions=... --sweep fusion=...` run."""
     results_dir = Path(results_dir or default_results_dir())
-    records, _ = read_records(results_dir)
-    path, figures = write_report(records, out or results_dir / "report", dataset, method)
+    out = out or results_dir / "report"
+    check_writable(out, "report folder", "-o/--out")
+    records, problems = read_records(results_dir)
+    for p in problems:
+        err_console.print(Text.assemble(("warning: skipped ", "yellow"), p), soft_wrap=True)
+    path, figures = write_report(records, out, dataset, method)
     for fig in figures:
         console.print(f"{fig.dataset}: {fig.path}")
     console.print(f"report: {path}" + ("" if figures else " (no sweep found)"))

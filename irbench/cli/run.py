@@ -12,7 +12,7 @@ from irbench.harness.cache import default_cache_dir
 from irbench.harness.parallel import default_workers
 from irbench.harness.runner import RunOptions, run, sweep
 from irbench.harness.search import BACKENDS
-from irbench.results.leaderboard import config_label
+from irbench.results.leaderboard import config_label, run_label
 from irbench.results.store import RunRecord, default_results_dir
 
 
@@ -45,20 +45,24 @@ def common_paths(fn):
 @click.option("--topk", type=int, default=0, show_default=True,
               help="Ranking depth evaluated; 0 ranks the whole database (official protocols).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
-@click.option("--workers", type=int, default=None,
-              help=f"Worker processes for extraction [env IRBENCH_WORKERS; default: "
-                   f"{default_workers()} here].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes for extraction [env IRBENCH_WORKERS; default: CPUs "
+                   "available, at most 8].")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
 @click.option("--search", type=click.Choice(BACKENDS), default="exact", show_default=True,
               help="Dense search backend for global descriptors.")
 @click.option("--overwrite", is_flag=True, help="Recompute every stage, ignoring cached ones.")
+@click.option("--verify-images", is_flag=True,
+              help="Hash every image file again instead of trusting the signatures memoized "
+                   "for files whose size, times and inode are unchanged.")
 @click.option("--no-cache", is_flag=True, help="Keep nothing on disk (compute in memory).")
 @click.option("--no-record", is_flag=True, help="Do not write a run record.")
 @common_paths
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
 def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, workers, device, search,
-            overwrite, no_cache, no_record, cache_dir, results_dir, data_root, quiet, verbose):
+            overwrite, verify_images, no_cache, no_record, cache_dir, results_dir, data_root,
+            quiet, verbose):
     """Run METHOD on DATASET: fit -> index -> query -> evaluate, and write a run record."""
     setup_logging(quiet, verbose)
     options = RunOptions(
@@ -69,9 +73,10 @@ def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, workers,
         search=search, overwrite=overwrite, use_cache=not no_cache,
         progress=make_progress(quiet),
         dataset_options=parse_pairs(dataset_options, "--dataset-option"),
+        verify_images=verify_images,
     )
     overrides = parse_pairs(sets, "--set")
-    sweep_values = {k: [v for v in vals.split(",") if v != ""]
+    sweep_values = {k: [v.strip() for v in vals.split(",") if v.strip() != ""]
                     for k, vals in parse_pairs(sweeps, "--sweep").items()}
     if sweep_values:
         records = sweep(method, dataset, sweep_values, options, overrides)
@@ -85,9 +90,13 @@ def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, workers,
 def records_table(records: list[RunRecord]) -> Table:
     """The metrics of some run records, one row per run and setting."""
     first = records[0]
-    table = Table(title=f"{first.dataset}: metrics in % ({first.topk} ranked per query)")
+    table = Table(title=f"{first.dataset}: metrics in % ({first.topk} of "
+                        f"{first.database_size} ranked per query)")
     table.add_column("method", no_wrap=True)
     table.add_column("config", min_width=7, overflow="fold")
+    runs = any(run_label(r) for r in records)
+    if runs:
+        table.add_column("run")
     named = any(s for r in records for s in r.metrics["settings"])
     if named:
         table.add_column("setting")
@@ -106,10 +115,12 @@ def records_table(records: list[RunRecord]) -> Table:
         cached = [s for s, t in r.timings.items() if t.cached]
         reused = "all" if len(cached) >= 3 else (",".join(cached) or "none")
         for setting, m in r.metrics["settings"].items():
-            row = [r.method, config_label(r), *([setting] if named else []), _pct(m["map"])]
+            row = [r.method, config_label(r), *([run_label(r)] if runs else []),
+                   *([setting] if named else []), _pct(m["map"])]
             row += [_pct(m["precision_at"].get(k)) for k in ks]
             if has_ns:
-                row.append(f"{r.metrics['ns_score']:.3f}")
+                ns = r.metrics.get("ns_score")
+                row.append("—" if ns is None else f"{ns:.3f}")
             evaluated = m["queries_evaluated"]
             without = m["queries_without_positives"]
             row.append(f"{evaluated}" + (f" (+{without} w/o positives)" if without else ""))

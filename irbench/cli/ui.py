@@ -21,8 +21,8 @@ from rich.progress import (
 
 from irbench.harness.progress import NULL_PROGRESS, Advance
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False, markup=False)  # labels hold "[...]" and ":x:"
+err_console = Console(stderr=True, emoji=False, markup=False)
 
 
 class RichProgress:

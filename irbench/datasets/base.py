@@ -9,12 +9,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from irbench.datasets.signature import ImageSigner
 
 Box = tuple[float, float, float, float]
 """A box in pixels, (x1, y1, x2, y2), in the image's own coordinates."""
@@ -224,24 +228,29 @@ class Dataset:
         opts = ",".join(f"{k}={v}" for k, v in sorted(self.config.items()))
         return f"{self.name}[{opts}]"
 
-    def fingerprint(self) -> str:
-        """Hash of name, version, options and the image lists: the dataset's cache identity."""
-        h = hashlib.sha256()
-        h.update(json.dumps([self.name, self.version, dict(self.config)], sort_keys=True,
-                            default=str).encode())
+    def fingerprint(self, signer: ImageSigner) -> str:
+        """The dataset's identity, SHA-256 of everything that changes a number: name,
+        version, options, resolved root, protocol, ground truth, shared segments, and the
+        content identity of the database, queries and train split (`ImageSigner.
+        identify`: every image's id, path, box, crop flag, label and file signature).
+        Raises `BadImagesError` listing every missing or unreadable image file."""
+        h = hashlib.sha256(b"irbench dataset v2\n")
+        root = None if self.root is None else os.path.abspath(self.root)
+        h.update(json.dumps([self.name, self.version, dict(self.config), root,
+                             self.protocol.to_dict(),
+                             [[s.name, s.start, s.stop] for s in
+                              getattr(self.database, "segments", ())]],
+                            sort_keys=True, default=str).encode())
+        for truth in self.ground_truth:
+            for set_name in sorted(truth):
+                h.update(set_name.encode())
+                h.update(np.ascontiguousarray(truth[set_name], np.int64).tobytes())
+            h.update(b";")
+        signer.sign(im.path for part in (self.database, self.queries, self.train)
+                    for im in part)  # every bad file listed at once
         for part in (self.database, self.queries, self.train):
-            h.update(image_list_digest(part).encode())
+            h.update(signer.identify(part).encode())
         return h.hexdigest()
-
-
-def image_list_digest(images: Sequence[Image | Query]) -> str:
-    """SHA-256 of the ids, boxes, crop flags and labels of a list of images (not file contents)."""
-    h = hashlib.sha256()
-    for im in images:
-        fields = [im.id, im.box, getattr(im, "crop", None), im.label]
-        h.update(json.dumps(fields, default=str).encode())
-        h.update(b"\n")
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

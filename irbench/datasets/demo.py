@@ -48,12 +48,14 @@ Protocol
 Files
     `<root>/{train,query,database}/<object>/NN.jpg`, `<root>/database/distractors/NNN.jpg`
     and `index.json`, written last (atomically) with everything needed to rebuild the
-    Dataset; its presence marks a complete generation. Bump `GENERATOR_VERSION` whenever
-    the generator's output changes.
+    Dataset and the SHA-256 of every image; its presence marks a complete generation, and
+    a load that finds an image missing or changed regenerates the set. Bump
+    `GENERATOR_VERSION` whenever the generator's output changes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -76,7 +78,7 @@ GENERATOR_VERSION = "1"
 """Bump whenever the generated images or the index change for a given config."""
 
 INDEX_NAME = "index.json"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 JPEG_QUALITY = 95
 MAX_OBJECTS = 1000
 DISTRACTOR_DIR = "distractors"
@@ -209,7 +211,7 @@ def _read_index(root: Path, config: DemoConfig) -> dict[str, Any] | None:
         ok = (index.get("format") == INDEX_FORMAT
               and index.get("generator_version") == GENERATOR_VERSION
               and index.get("config") == config_to_dict(config))
-        missing = [e["file"] for s in _SPLITS for e in index[s] if not (root / e["file"]).is_file()]
+        missing = _damaged(root, [e for s in _SPLITS for e in index[s]])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring unreadable %s (%s); regenerating", path, exc)
         return None
@@ -217,8 +219,8 @@ def _read_index(root: Path, config: DemoConfig) -> dict[str, Any] | None:
         log.warning("%s was written for another config or generator; regenerating", path)
         return None
     if missing:
-        log.warning("%s lists %d missing file(s), e.g. %s; regenerating", path, len(missing),
-                    missing[0])
+        log.warning("%s lists %d missing or damaged file(s), e.g. %s; regenerating", path,
+                    len(missing), missing[0])
         return None
     return index
 
@@ -282,16 +284,16 @@ def generate(config: DemoConfig, root: Path) -> dict[str, Any]:
                 view += 1
                 image, box, occluded = _render_view(rng, patch, textures, size, config)
                 rel = f"{split}/{name}/{k:02d}.jpg"
-                _write_jpeg(root / rel, image)
                 entries[split].append({"id": f"{split}/{name}/{k:02d}", "file": rel,
+                                       "sha256": _write_jpeg(root / rel, image),
                                        "box": box, "label": name, "source": source,
                                        "occluded": occluded})
     for k in range(config.distractors):
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, _TAG_DISTRACTOR, k]))
         image = _finish(rng, _background(rng, textures, size))
         rel = f"database/{DISTRACTOR_DIR}/{k:03d}.jpg"
-        _write_jpeg(root / rel, image)
         entries["database"].append({"id": f"database/{DISTRACTOR_DIR}/{k:03d}", "file": rel,
+                                    "sha256": _write_jpeg(root / rel, image),
                                     "box": None, "label": None, "source": None,
                                     "occluded": 0.0})
     order = np.random.default_rng(np.random.SeedSequence([config.seed, _TAG_ORDER]))
@@ -317,12 +319,26 @@ def generate(config: DemoConfig, root: Path) -> dict[str, Any]:
     return index
 
 
-def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
+def _write_jpeg(path: Path, rgb: np.ndarray) -> str:
+    """Encode and write one image; its SHA-256 (recorded in the index)."""
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise DatasetError(f"demo dataset: cannot encode {path}")
     atomic_write_bytes(path, data.tobytes())
+    return hashlib.sha256(data.tobytes()).hexdigest()
+
+
+def _damaged(root: Path, entries: list[dict[str, Any]]) -> list[str]:
+    """The files of `entries` that are missing or whose bytes differ from the index."""
+    bad = []
+    for e in entries:
+        try:
+            if hashlib.sha256((root / e["file"]).read_bytes()).hexdigest() != e["sha256"]:
+                bad.append(e["file"])
+        except FileNotFoundError:
+            bad.append(e["file"])
+    return bad
 
 
 def _skimage_data_dir() -> Path:

@@ -20,7 +20,8 @@ from irbench.harness.config import param
 @dataclass(frozen=True)
 class FolderConfig:
     min_images_per_class: int = param(
-        2, "classes (subfolders) with fewer images are an error: a query needs a positive")
+        2, "classes (subfolders) with fewer images are an error: a query needs a positive",
+        minimum=1)
 
 
 class FolderDataset(DatasetProvider):

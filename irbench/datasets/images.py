@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from irbench.datasets.base import Box
-from irbench.errors import ImageReadError
+from irbench.errors import BadImagesError, ImageReadError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -67,3 +69,25 @@ def jpeg_problem(path: str | Path) -> str | None:
     if b"\xff\xd9" not in tail:
         return "truncated JPEG (no end-of-image marker)"
     return None
+
+
+def _decode_problem(task: tuple[str, Box | None]) -> str | None:
+    path, box = task
+    try:
+        read_image(path, box)
+    except ImageReadError as exc:
+        return exc.problem
+    return None
+
+
+def check_decodable(images: Sequence[Any], *, workers: int = 1) -> None:
+    """Decode every image (each file and box once, in `workers` processes) and raise one
+    `BadImagesError` listing all that fail: run before a training that reads them epoch
+    after epoch, so every bad file is reported at once, before any work."""
+    from irbench.harness.parallel import parallel_map
+
+    tasks = list(dict.fromkeys((str(im.path), im.box) for im in images))
+    problems = parallel_map(_decode_problem, tasks, workers=workers, chunksize=16)
+    bad = [(path, why) for (path, _), why in zip(tasks, problems, strict=True) if why]
+    if bad:
+        raise BadImagesError(bad)

@@ -177,7 +177,8 @@ class Instre(DatasetProvider):
 @dataclass(frozen=True)
 class InstreSConfig:
     crop_queries: bool = param(True, "crop each query to its gnd box")
-    train_per_class: int = param(75, "train images drawn per class (the paper: 75)")
+    train_per_class: int = param(75, "train images drawn per class (the paper: 75)",
+                                 minimum=0)
     train_seed: int = param(0, "seed of the train draw (numpy default_rng; the paper "
                                "does not give one)")
     exclude_train: bool = param(False, "remove the train images from the database (the "

@@ -26,6 +26,7 @@ from irbench.datasets.storage import (
     recorded_checksums,
 )
 from irbench.errors import DatasetError, ImageReadError, IrbenchError, UnknownNameError
+from irbench.harness.cache import atomic_write_text
 from irbench.harness.parallel import parallel_map
 from irbench.harness.progress import NULL_PROGRESS, Progress
 
@@ -48,9 +49,13 @@ def resolve(name: str) -> tuple[Any | None, list[Package]]:
         return cls, [get_package(p) for p in cls.packages]
     if base in PACKAGES:
         return None, [PACKAGES[base]]
+    if cls is not None and cls.takes_argument:
+        raise DatasetError(f"dataset {name!r} is read from the path you give: there is "
+                           f"nothing to fetch; `bench data verify {base}:PATH` checks its "
+                           "images")
     if cls is not None:
-        raise DatasetError(f"dataset {name!r} has no files to fetch or check (it is "
-                           "generated or read from a path you give)")
+        raise DatasetError(f"dataset {name!r} is generated: it has no files to fetch or "
+                           "check")
     return None, [get_package(base)]  # raises with "did you mean"
 
 
@@ -148,8 +153,7 @@ def _import_parts(pkg: Package, data_root: Path, parts: Sequence[Path],
             continue
         total += extract(part, pkg.path(data_root) / "jpg", keep=IMAGE_SUFFIXES,
                          progress=progress)
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(str(part) + "\n")
+        atomic_write_text(done, str(part) + "\n")
     return f"{pkg.name}: extracted {total} images from {len(parts)} archive(s) into " \
            f"{pkg.path(data_root) / 'jpg'}"
 
@@ -209,7 +213,19 @@ def _decode(path: str) -> str | None:
 
 def verify(name: str, data_root: Path, *, workers: int = 1,
            progress: Progress = NULL_PROGRESS, decode: bool = True) -> VerifyReport:
-    """Image counts, every ground-truth name resolves, every image exists and decodes."""
+    """Image counts, every ground-truth name resolves, every image exists and decodes.
+
+    A dataset read from a path you give (`folder:PATH`, `manifest:FILE.json`) is loaded
+    and every image of it (database, queries, train; each file once) is checked."""
+    path_dataset = _path_dataset(name)
+    if path_dataset is not None:
+        cls, argument = path_dataset
+        report = VerifyReport(name)
+        dataset = _load_unchecked(cls, Path(data_root), report, argument)
+        paths = _dataset_paths(dataset) if dataset is not None else []
+        _check_images(report, paths, name, workers=workers, progress=progress,
+                      decode=decode)
+        return report
     cls, packages = resolve(name)
     data_root = Path(data_root)
     report = VerifyReport(name)
@@ -229,6 +245,32 @@ def verify(name: str, data_root: Path, *, workers: int = 1,
             paths = _dataset_paths(dataset)
     else:
         paths = _package_paths(packages[0], data_root, report)
+    _check_images(report, paths, name, workers=workers, progress=progress, decode=decode)
+    return report
+
+
+def _path_dataset(name: str) -> tuple[Any, str] | None:
+    """(provider class, argument) when `name` is a dataset read from a path you give
+    (`folder:PATH`, `manifest:FILE.json`); None for every other name."""
+    from irbench.harness.registry import DATASETS, split_dataset_name
+
+    base, argument = split_dataset_name(name)
+    try:
+        cls = DATASETS.get(base)
+    except UnknownNameError:
+        return None
+    if not cls.takes_argument or getattr(cls, "packages", ()):
+        return None
+    if not argument:
+        raise DatasetError(f"dataset {base!r} needs an argument: `bench data verify "
+                           f"{base}:PATH`")
+    return cls, argument
+
+
+def _check_images(report: VerifyReport, paths: Sequence[Path], name: str, *, workers: int,
+                  progress: Progress, decode: bool) -> None:
+    """Every image file, each once: missing ones and (with `decode`) ones that do not
+    decode go into the report, all of them."""
     unique = list(dict.fromkeys(paths))
     report.images_checked = len(unique)
     present = []
@@ -241,13 +283,14 @@ def verify(name: str, data_root: Path, *, workers: int = 1,
         results = parallel_map(_decode, [str(p) for p in present], workers=workers,
                                progress=progress, description=f"decode {name}", chunksize=64)
         report.corrupt = [f"{p}: {why}" for p, why in zip(present, results, strict=True) if why]
-    return report
 
 
-def _load_unchecked(cls: Any, data_root: Path, report: VerifyReport) -> Dataset | None:
+def _load_unchecked(cls: Any, data_root: Path, report: VerifyReport,
+                    argument: str | None = None) -> Dataset | None:
     from irbench.harness.cache import default_cache_dir
 
-    provider = cls(cls.Config(), data_root=data_root, cache_dir=default_cache_dir())
+    provider = cls(cls.Config(), data_root=data_root, cache_dir=default_cache_dir(),
+                   argument=argument)
     provider.check_files = False
     try:
         return provider.load()

@@ -6,9 +6,15 @@ into a temporary folder beside their destination and moved into place afterwards
 package counts as installed only once its completion marker is written, so nothing
 half-downloaded or half-extracted is ever taken as complete.
 
-Checksums: where the source publishes one, the file must match it; otherwise the SHA-256
-of the first complete download is recorded in `<package>/.irbench/checksums.json` and
-every later download or import of the same file must match it.
+Checksums: where the source publishes one, the file must match it, always. The SHA-256 of
+a file is recorded in `<package>/.irbench/checksums.json` only once the file has been
+unpacked completely and its completion marker written (a file that does not unpack is
+never recorded); every later download or import of the same file must match it, except
+under `--force`, which discards the recorded checksum of the files it gets again (with a
+warning naming the file and the old checksum).
+
+A truncated or damaged archive is a DatasetError naming the file; nothing of it is moved
+into place and no marker or checksum is written.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import http.client
 import json
 import logging
+import lzma
 import os
 import shutil
 import tarfile
@@ -25,6 +32,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -130,9 +138,12 @@ def _record_checksum(package: Package, data_root: Path, source: Source, digest: 
 
 
 def check_file(package: Package, data_root: Path, source: Source, path: Path, origin: str,
-               progress: Progress = NULL_PROGRESS) -> str:
-    """Verify `path` against the published or recorded checksum of `source`; record the
-    SHA-256 when there is neither. A mismatch raises DatasetError naming the file."""
+               progress: Progress = NULL_PROGRESS, *, force: bool = False) -> str:
+    """Verify `path` against the published checksum of `source` and the SHA-256 recorded
+    at its last complete install; return its SHA-256. A mismatch raises DatasetError
+    naming the file, except that with `force` a recorded checksum that differs is
+    discarded with a warning (a published one never is). Records nothing:
+    `install_source` records the checksum once the file is unpacked."""
     digest = file_digest(path, "sha256", progress)
     if source.sha256 and digest != source.sha256.lower():
         raise DatasetError(f"{path}: SHA-256 {digest} does not match the published "
@@ -144,13 +155,19 @@ def check_file(package: Package, data_root: Path, source: Source, path: Path, or
                                f"{source.md5} of {source.filename}; the file is not used")
     recorded = recorded_checksums(package, data_root).get(source.filename)
     if recorded and recorded.get("sha256") != digest:
-        raise DatasetError(
-            f"{path}: SHA-256 {digest} differs from {recorded.get('sha256')} recorded at the "
-            f"first download of {source.filename} ({recorded.get('recorded')}, from "
-            f"{recorded.get('origin')}); the file is not used. If the source really "
-            f"changed, delete {package.state_dir(data_root) / 'checksums.json'}")
-    if not recorded:
-        _record_checksum(package, data_root, source, digest, path.stat().st_size, origin)
+        checksums = package.state_dir(data_root) / "checksums.json"
+        when = f"{recorded.get('recorded')}, from {recorded.get('origin')}"
+        if force:
+            log.warning("--force: %s has SHA-256 %s, not the %s recorded for %s (%s) in %s; "
+                        "the recorded checksum is discarded and the new one recorded once "
+                        "the file is unpacked", path, digest, recorded.get("sha256"),
+                        source.filename, when, checksums)
+        else:
+            raise DatasetError(
+                f"{path}: SHA-256 {digest} differs from {recorded.get('sha256')} recorded at "
+                f"the first download of {source.filename} ({when}); the file is not used. "
+                f"If the source really changed, run `bench data fetch` again with --force "
+                f"to discard the recorded checksum (kept in {checksums})")
     return digest
 
 
@@ -238,36 +255,115 @@ def extract(archive: Path, destination: Path, *, strip: int = 0, flatten: bool =
     """Unpack a .tar(.gz|.bz2|.xz)/.tgz/.zip archive into `destination`.
 
     Members are written to a temporary folder beside `destination` and moved in when
-    all are out. Absolute paths, `..` and links are refused. Returns the number of files.
+    all are out. Absolute paths, `..` and links are refused; a truncated or damaged
+    archive raises DatasetError naming it, with nothing moved in and the temporary
+    folder removed. Returns the number of files.
     """
     destination = Path(destination)
-    destination.mkdir(parents=True, exist_ok=True)
+    created = not destination.parent.exists()
+    destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.parent / f".{destination.name}.extract-{archive.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     count = 0
+    member = ""
+    done = False
     try:
-        with _members(archive) as (names, read), \
-                progress.task(f"extract {archive.name}", total=len(names)) as advance:
-            for name in names:
-                rel = _member_target(name, strip, flatten, archive)
-                if rel is None or (keep and not name.lower().endswith(tuple(keep))):
+        try:
+            with _members(archive) as (names, read), \
+                    progress.task(f"extract {archive.name}", total=len(names)) as advance:
+                for name in names:
+                    rel = _member_target(name, strip, flatten, archive)
+                    if rel is None or (keep and not name.lower().endswith(tuple(keep))):
+                        advance(1)
+                        continue
+                    out = staging / rel
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    member = name
+                    with read(name) as src, out.open("wb") as dst:
+                        shutil.copyfileobj(src, dst, CHUNK)
+                    member = ""
+                    count += 1
                     advance(1)
-                    continue
-                out = staging / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with read(name) as src, out.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                count += 1
-                advance(1)
+        except DatasetError:
+            raise
+        except (EOFError, OSError, tarfile.TarError, zipfile.BadZipFile, zlib.error,
+                lzma.LZMAError) as exc:
+            raise _unpack_error(archive, exc, member, staging) from exc
         for path in sorted(staging.rglob("*")):
             if path.is_file():
                 final = destination / path.relative_to(staging)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(path, final)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:  # leave no empty package folder behind either
+            with contextlib.suppress(OSError):
+                destination.parent.rmdir()
     return count
+
+
+_AGAIN = "nothing was unpacked; get a complete copy of the file and run `bench data fetch` again"
+
+
+def _unpack_error(archive: Path, exc: BaseException, member: str,
+                  staging: Path) -> DatasetError:
+    """A DatasetError saying whether `archive` is truncated or damaged (or, for an error
+    with an errno such as a full disk, that it could not be written out)."""
+    where = f" in member {member!r}" if member else ""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return DatasetError(f"cannot unpack {archive} into {staging} ({exc}); nothing was "
+                            "unpacked")
+    if isinstance(exc, EOFError) or "unexpected end of data" in str(exc):
+        return DatasetError(f"{archive}: truncated archive{where}: the data ends early "
+                            f"({exc}); {_AGAIN}")
+    return DatasetError(f"{archive}: damaged archive{where} ({type(exc).__name__}: {exc}); "
+                        f"{_AGAIN}")
+
+
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+
+
+def _stream_problem(archive: Path) -> str | None:
+    """Why a gzip/bzip2/xz file cannot be decompressed to its end (None if it can or
+    is not compressed): tells a truncated download from a file that is not an archive."""
+    import bz2
+    import gzip
+
+    with archive.open("rb") as fh:
+        head = fh.read(6)
+    kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
+    if kind is None:
+        return None
+    opener = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}[kind]
+    try:
+        with opener(archive, "rb") as fh:
+            while fh.read(CHUNK):
+                pass
+    except EOFError:
+        return f"truncated archive: the {kind} data ends before its end-of-stream marker"
+    except (OSError, zlib.error, lzma.LZMAError) as exc:
+        return f"damaged archive: the {kind} data does not decompress ({exc})"
+    return None
+
+
+def _check_tar_end(tf: tarfile.TarFile, archive: Path) -> None:
+    """The members must end with the end-of-archive marker (a zero block) and a
+    compressed stream must decompress to its end: tarfile silently stops listing at a
+    truncation or a damaged header, which would drop the members after it."""
+    fh: Any = tf.fileobj
+    fh.seek(tf.offset)
+    block = fh.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE:
+        raise DatasetError(f"{archive}: truncated archive: it ends after {len(tf.members)} "
+                           f"member(s) without the end-of-archive marker; {_AGAIN}")
+    if block.strip(b"\0"):
+        raise DatasetError(f"{archive}: damaged archive: the member header at byte "
+                           f"{tf.offset} of the tar data is not valid (after "
+                           f"{len(tf.members)} readable member(s)); {_AGAIN}")
+    while fh.read(CHUNK):  # a compressed stream checks its length and CRC at its end
+        pass
 
 
 @contextlib.contextmanager
@@ -277,6 +373,12 @@ def _members(archive: Path) -> Iterator[tuple[list[str], Callable[[str], Any]]]:
         try:
             zf = zipfile.ZipFile(archive)
         except zipfile.BadZipFile as exc:
+            with archive.open("rb") as fh:
+                local_header = fh.read(4) == b"PK\x03\x04"
+            if local_header:  # starts like a zip, lacks the directory at its end
+                raise DatasetError(f"{archive}: truncated archive: a zip whose central "
+                                   f"directory (at the end of the file) is missing; "
+                                   f"{_AGAIN}") from exc
             raise DatasetError(f"{archive}: not a readable zip archive ({exc})") from exc
         with zf:
             names = [i.filename for i in zf.infolist() if not i.is_dir()]
@@ -285,6 +387,9 @@ def _members(archive: Path) -> Iterator[tuple[list[str], Callable[[str], Any]]]:
     try:
         tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the `with tf` below
     except (tarfile.TarError, OSError) as exc:
+        problem = _stream_problem(archive) if archive.is_file() else None
+        if problem:
+            raise DatasetError(f"{archive}: {problem}; {_AGAIN}") from exc
         raise DatasetError(f"{archive}: not a readable tar archive ({exc})") from exc
     with tf:
         members = {}
@@ -293,6 +398,7 @@ def _members(archive: Path) -> Iterator[tuple[list[str], Callable[[str], Any]]]:
                 raise DatasetError(f"{archive}: member {m.name!r} is a link; refused")
             if m.isfile():
                 members[m.name] = m
+        _check_tar_end(tf, archive)
 
         @contextlib.contextmanager
         def read(member: str):
@@ -333,6 +439,8 @@ def install_source(package: Package, data_root: Path, source: Source, *,
                    from_path: Path | None = None, progress: Progress = NULL_PROGRESS,
                    keep_archive: bool = False, force: bool = False) -> str:
     """Get one source (download it, or take it from `from_path`), check it and unpack it.
+    Its SHA-256 is recorded only after it is unpacked and its marker written; `force`
+    gets it again even when installed and discards a recorded checksum that differs.
     Returns what was done, for the report."""
     done = marker(package, data_root, source)
     if done.is_file() and not force:
@@ -341,7 +449,8 @@ def install_source(package: Package, data_root: Path, source: Source, *,
     if from_path is not None:  # the user's file is checked and read in place, never moved
         origin = str(from_path)
         archive = Path(from_path)
-        check_file(package, data_root, source, archive, origin, progress)
+        digest = check_file(package, data_root, source, archive, origin, progress,
+                            force=force)
         owned = False
     else:
         archive = package.state_dir(data_root) / "downloads" / source.filename
@@ -362,10 +471,12 @@ def install_source(package: Package, data_root: Path, source: Source, *,
         else:
             origin = "existing download"
         try:
-            check_file(package, data_root, source, archive, origin, progress)
+            digest = check_file(package, data_root, source, archive, origin, progress,
+                                force=force)
         except DatasetError:
             archive.unlink(missing_ok=True)  # a bad download is never used, nor kept
             raise
+    size = archive.stat().st_size
     if source.extract_to is None:
         final = pkg_dir / (source.save_as or source.filename)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -377,8 +488,13 @@ def install_source(package: Package, data_root: Path, source: Source, *,
             os.replace(tmp, final)
         what = f"saved {final.relative_to(data_root)}"
     else:
-        n = extract(archive, pkg_dir / source.extract_to, strip=source.strip,
-                    flatten=source.flatten, keep=source.keep, progress=progress)
+        try:
+            n = extract(archive, pkg_dir / source.extract_to, strip=source.strip,
+                        flatten=source.flatten, keep=source.keep, progress=progress)
+        except DatasetError:
+            if owned:  # a download that does not unpack is not kept either
+                archive.unlink(missing_ok=True)
+            raise
         if owned and not keep_archive:
             archive.unlink()
         what = f"extracted {n} files into {(pkg_dir / source.extract_to).relative_to(data_root)}"
@@ -386,6 +502,7 @@ def install_source(package: Package, data_root: Path, source: Source, *,
     atomic_write_text(done, json.dumps({"origin": origin, "what": what,
                                         "date": datetime.now(timezone.utc).isoformat(
                                             timespec="seconds")}) + "\n")
+    _record_checksum(package, data_root, source, digest, size, origin)
     return what
 
 

@@ -1,34 +1,62 @@
 """Content-addressed on-disk cache of stage artifacts: named by a hash of what they depend on.
 
 An artifact is a dict of numpy arrays (stored in one `.npz`, no pickle) plus JSON-able
-metadata. Every write goes to a temporary file that is renamed into place, so an
-interrupted run never leaves a half-written artifact that a later run would trust.
+metadata, in one folder named by the hash of its key (`Artifact.id`). What a key holds
+is the caller's business (`irbench.methods.base.Method.cached` derives it from the
+config fields of the stage, the ids of the upstream artifacts and the content identity
+of the images); this module guarantees that what it serves is what was stored:
+
+- Writes are atomic: the folder is written under a temporary name and renamed into
+  place, so an interrupted run never leaves a half-written artifact a later run trusts.
+- Every artifact's `meta.json` records the SHA-256 of each array (dtype, shape and
+  bytes) and of the metadata, and the key hash it was stored under. A load that fails
+  to parse or to verify logs one warning naming the folder, deletes it and recomputes:
+  a damaged cache heals itself and never serves a wrong value nor stops a run.
+- Files and folders are created with the user's umask (`tempfile` would make them
+  private), so a cache or results folder can be shared.
+
 Long per-image computations are stored in shards (`map_cached`), so an interrupted
-extraction resumes from the last finished shard.
+extraction resumes from the last finished shard; unreadable images found in any shard
+are reported together, once every other shard is done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
+from irbench.errors import BadImagesError, ImageReadError
 from irbench.harness.config import stable_hash
 from irbench.harness.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
 
-Artifact = dict[str, Any]
-"""Arrays (numpy) and JSON-able values, by name."""
+FORMAT_VERSION = 2
+"""Layout of an artifact folder (bumped when meta.json changes meaning)."""
+
+
+class Artifact(dict):
+    """Arrays (numpy) and JSON-able values by name, and `id`: the hash of the key the
+    artifact is stored under, which downstream stages put in their own keys."""
+
+    id: str = ""
+
+    def __init__(self, values: Mapping[str, Any] = (), id: str = "") -> None:
+        super().__init__(values)
+        self.id = id
 
 
 def default_cache_dir() -> Path:
@@ -41,23 +69,48 @@ def default_cache_dir() -> Path:
     return base / "irbench"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+"""The process's umask, read once at import (os.umask can only be read by setting it)."""
+
+
+def _share(path: Path | str, *, folder: bool = False) -> None:
+    """Give a file (0666) or folder (0777) made private by `tempfile` the umask's mode."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~UMASK)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path | str) -> Iterator[IO[bytes]]:
+    """A binary file object whose contents replace `path` atomically when the block ends
+    without an exception (temporary file in the same folder, fsync, rename); the file
+    gets the umask's mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        _share(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    with atomic_writer(path) as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -89,7 +142,7 @@ class Cache:
         self.root = Path(self.root).expanduser()
 
     def key_of(self, kind: str, key: Mapping[str, Any]) -> str:
-        return stable_hash({"kind": kind, "key": dict(key)})
+        return stable_hash({"kind": kind, "key": dict(key), "format": FORMAT_VERSION})
 
     def path_for(self, kind: str, key_hash: str) -> Path:
         return self.root / "artifacts" / kind.replace("/", os.sep) / key_hash[:2] / key_hash
@@ -97,24 +150,22 @@ class Cache:
     # -- single artifacts ------------------------------------------------------------
 
     def load_or_compute(self, kind: str, key: Mapping[str, Any],
-                        compute: Callable[[], Artifact]) -> Artifact:
-        """Return the artifact named by (kind, key), computing and storing it if absent."""
+                        compute: Callable[[], Mapping[str, Any]]) -> Artifact:
+        """The artifact named by (kind, key), computed and stored if absent or damaged."""
         key_hash = self.key_of(kind, key)
         start = time.perf_counter()
-        if self.enabled:
-            path = self.path_for(kind, key_hash)
-            if not self.overwrite:
-                found = _read_artifact(path)
-                if found is not None:
-                    log.info("reusing cached %s (%s)", kind, key_hash[:12])
-                    self.events.append(CacheEvent(kind, key_hash, True, _size(path),
-                                                  time.perf_counter() - start))
-                    return found
-        artifact = compute()
+        path = self.path_for(kind, key_hash)
+        if self.enabled and not self.overwrite:
+            found = read_artifact(path, key_hash)
+            if found is not None:
+                log.info("reusing cached %s (%s)", kind, key_hash[:12])
+                self.events.append(CacheEvent(kind, key_hash, True, _size(path),
+                                              time.perf_counter() - start))
+                return found
+        artifact = Artifact(compute(), key_hash)
         nbytes = 0
         if self.enabled:
-            path = self.path_for(kind, key_hash)
-            _write_artifact(path, artifact, key={"kind": kind, **_json_key(key)})
+            write_artifact(path, artifact, key_hash, {"kind": kind, **_json_key(key)})
             nbytes = _size(path)
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start))
         return artifact
@@ -131,19 +182,22 @@ class Cache:
         shard_size: int = 512,
         progress: Progress = NULL_PROGRESS,
         description: str = "",
-    ) -> dict[str, np.ndarray]:
+    ) -> Artifact:
         """Apply `compute_chunk` to `items` in shards and concatenate the results.
 
         `compute_chunk(items)` returns one dict of arrays per item; arrays of one name are
         concatenated along their first axis over all items, and `offsets` (int64, n+1)
         gives each item's rows. Finished shards are stored as they complete, so an
-        interrupted run resumes where it stopped. `key` must identify the items' content.
+        interrupted run resumes where it stopped. A shard that raises `ImageReadError` /
+        `BadImagesError` does not stop the others: once all are done, one
+        `BadImagesError` lists every unreadable image. `key` must identify the items'
+        content.
         """
         key_hash = self.key_of(kind, key)
         start = time.perf_counter()
         final_path = self.path_for(kind, key_hash)
         if self.enabled and not self.overwrite:
-            found = _read_artifact(final_path)
+            found = read_artifact(final_path, key_hash)
             if found is not None:
                 log.info("reusing cached %s (%s)", kind, key_hash[:12])
                 self.events.append(CacheEvent(kind, key_hash, True, _size(final_path),
@@ -152,18 +206,25 @@ class Cache:
         n = len(items)
         shard_dir = final_path.parent / f"{key_hash}.shards"
         shards: list[dict[str, np.ndarray]] = []
+        unreadable: list[ImageReadError | BadImagesError] = []
         resumed = 0
         with progress.task(description or kind, total=n) as advance:
             for begin in range(0, n, shard_size):
                 end = min(n, begin + shard_size)
                 shard_path = shard_dir / f"{begin:09d}-{end:09d}"
+                shard_hash = stable_hash({"of": key_hash, "shard": [begin, end]})
                 shard = None
                 if self.enabled and not self.overwrite:
-                    shard = _read_artifact(shard_path)
+                    shard = read_artifact(shard_path, shard_hash)
                     if shard is not None:
                         resumed += end - begin
                 if shard is None:
-                    per_item = compute_chunk(items[begin:end])
+                    try:
+                        per_item = compute_chunk(items[begin:end])
+                    except (ImageReadError, BadImagesError) as exc:
+                        unreadable.append(exc)
+                        advance(end - begin)
+                        continue
                     if len(per_item) != end - begin:
                         raise RuntimeError(
                             f"{kind}: compute returned {len(per_item)} results for "
@@ -171,15 +232,19 @@ class Cache:
                         )
                     shard = _concat_items(per_item)
                     if self.enabled:
-                        _write_artifact(shard_path, shard, key={"kind": kind, "shard": [begin, end]})
+                        write_artifact(shard_path, shard, shard_hash,
+                                       {"kind": kind, "shard": [begin, end]})
                 shards.append(shard)
                 advance(end - begin)
+        if unreadable:
+            raise BadImagesError.combine(unreadable)
         if resumed:
             log.info("resumed %s: %d of %d items were already computed", kind, resumed, n)
-        result = _merge_shards(shards) if shards else {"offsets": np.zeros(1, np.int64)}
+        result = Artifact(_merge_shards(shards) if shards else
+                          {"offsets": np.zeros(1, np.int64)}, key_hash)
         nbytes = 0
         if self.enabled:
-            _write_artifact(final_path, result, key={"kind": kind, **_json_key(key)})
+            write_artifact(final_path, result, key_hash, {"kind": kind, **_json_key(key)})
             nbytes = _size(final_path)
             shutil.rmtree(shard_dir, ignore_errors=True)
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start))
@@ -230,33 +295,99 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.glob("*") if p.is_file()) if path.is_dir() else 0
 
 
-def _write_artifact(path: Path, artifact: Artifact, key: Mapping[str, Any]) -> None:
-    """Write arrays.npz then meta.json; meta.json is written last and marks completeness."""
-    arrays = {k: v for k, v in artifact.items() if isinstance(v, np.ndarray)}
-    meta = {k: v for k, v in artifact.items() if not isinstance(v, np.ndarray)}
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "meta.json").unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".arrays.", suffix=".npz", dir=path)
+# -- the artifact folder -----------------------------------------------------------------
+
+
+def array_checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (C order)."""
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B") if a.size else b"")
+    return h.hexdigest()
+
+
+def _meta_checksum(meta: Any) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
+                   key: Mapping[str, Any]) -> None:
+    """Write the folder `path` (arrays.npz and meta.json with their checksums) under a
+    temporary name, then rename it into place (replacing an older copy)."""
+    arrays = {k: np.asarray(v) for k, v in artifact.items() if isinstance(v, np.ndarray)}
+    meta = json.loads(json.dumps({k: v for k, v in artifact.items()
+                                  if not isinstance(v, np.ndarray)}, default=str))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        with os.fdopen(fd, "wb") as fh:
+        _share(staging, folder=True)
+        with atomic_writer(staging / "arrays.npz") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, path / "arrays.npz")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    atomic_write_text(path / "meta.json", json.dumps({"key": dict(key), "meta": meta}, default=str))
+        record = {"format": FORMAT_VERSION, "id": key_hash, "key": dict(key), "meta": meta,
+                  "meta_sha256": _meta_checksum(meta),
+                  "arrays": {k: array_checksum(v) for k, v in arrays.items()}}
+        atomic_write_text(staging / "meta.json", json.dumps(record, default=str))
+        _move_into_place(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _read_artifact(path: Path) -> Artifact | None:
+def _move_into_place(staging: Path, path: Path) -> None:
+    """Rename the folder `staging` to `path`; an existing `path` is moved aside first and
+    deleted after (a concurrent writer may win: its artifact is equivalent)."""
+    for _ in range(3):
+        try:
+            os.rename(staging, path)
+            return
+        except OSError:
+            if not path.exists():
+                raise
+            trash = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+    os.rename(staging, path)
+
+
+def read_artifact(path: Path, key_hash: str) -> Artifact | None:
+    """The artifact in folder `path`, or None when there is none. One that fails to parse
+    or to verify (checksums, the key hash it was stored under) is deleted with a warning
+    naming it, and None is returned: the caller recomputes it."""
     meta_path = path / "meta.json"
     arrays_path = path / "arrays.npz"
-    if not meta_path.is_file() or not arrays_path.is_file():
+    if not path.exists():
         return None
+    if not meta_path.is_file() or not arrays_path.is_file():
+        # an artifact folder is renamed into place complete; an old-format or
+        # hand-damaged one is incomplete
+        return _discard(path, "incomplete (arrays.npz or meta.json missing)")
     try:
-        meta = json.loads(meta_path.read_text("utf-8"))["meta"]
+        record = json.loads(meta_path.read_text("utf-8"))
+        if not isinstance(record, dict):
+            return _discard(path, f"meta.json holds a {type(record).__name__}, not an object")
+        if record.get("format") != FORMAT_VERSION:
+            return _discard(path, f"format {record.get('format')!r}, not {FORMAT_VERSION}")
+        if record.get("id") != key_hash:
+            return _discard(path, f"stored under key {str(record.get('id'))[:12]}, "
+                                  f"not {key_hash[:12]}")
+        meta = record["meta"]
+        if not isinstance(meta, dict) or _meta_checksum(meta) != record.get("meta_sha256"):
+            return _discard(path, "meta.json does not match its checksum")
+        expected = record["arrays"]
         with np.load(arrays_path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("ignoring unreadable cache entry %s (%s); recomputing", path, exc)
-        return None
-    return {**meta, **arrays}
+        if not isinstance(expected, dict) or set(expected) != set(arrays):
+            return _discard(path, "arrays.npz holds other arrays than meta.json lists")
+        for name, array in arrays.items():
+            if array_checksum(array) != expected[name]:
+                return _discard(path, f"array {name!r} does not match its checksum")
+    except Exception as exc:  # noqa: BLE001 - any damage means: recompute, never fail
+        return _discard(path, f"{type(exc).__name__}: {exc}")
+    return Artifact({**meta, **arrays}, key_hash)
+
+
+def _discard(path: Path, problem: str) -> None:
+    log.warning("cache entry %s is damaged (%s); deleting it and computing it again",
+                path, problem)
+    shutil.rmtree(path, ignore_errors=True)
+    return None

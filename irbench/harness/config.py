@@ -15,6 +15,9 @@ from irbench.errors import ConfigError
 
 __all__ = [
     "param",
+    "ANY_STAGE",
+    "field_stage",
+    "check_fields",
     "describe_fields",
     "build_config",
     "parse_value",
@@ -25,14 +28,37 @@ __all__ = [
 ]
 
 
-def param(default: Any, help: str, *, choices: tuple[Any, ...] | None = None) -> Any:
-    """A config field with a default and a one-line help text (shown by `bench methods`)."""
-    metadata = {"help": help}
+ANY_STAGE = "*"
+"""The stage of a field that declares none: it is taken to feed every stage (safe)."""
+
+
+def param(default: Any, help: str, *, choices: tuple[Any, ...] | None = None,
+          minimum: float | None = None, maximum: float | None = None,
+          stage: str = ANY_STAGE) -> Any:
+    """A config field with a default and a one-line help text (shown by `bench methods`).
+
+    `choices` restricts the values; `minimum` / `maximum` bound a number (inclusive; for
+    a tuple, each element). `stage` names the one cached stage of the method the field
+    feeds first (the method's `stages` say which stages come after it, and their cache
+    keys include it too); `"query"` is a field used only when ranking, `"none"` one that
+    does not change results (batch size, memory layout). A field without a stage feeds
+    every stage: never wrong, only less shared.
+    """
+    metadata: dict[str, Any] = {"help": help, "stage": stage}
     if choices is not None:
         metadata["choices"] = tuple(choices)
+    if minimum is not None:
+        metadata["minimum"] = minimum
+    if maximum is not None:
+        metadata["maximum"] = maximum
     if isinstance(default, list | dict | set):
         raise TypeError("config defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_stage(f: dataclasses.Field) -> str:
+    """The stage a config field declares (`ANY_STAGE` when it declares none)."""
+    return f.metadata.get("stage", ANY_STAGE)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -70,6 +96,7 @@ def describe_fields(cls: type) -> list[dict[str, Any]]:
                 "default": _jsonable(f.default),
                 "help": f.metadata.get("help", ""),
                 "choices": list(choices) if choices else None,
+                **{k: f.metadata[k] for k in ("minimum", "maximum") if k in f.metadata},
             }
         )
     return out
@@ -146,15 +173,66 @@ def build_config(cls: type, overrides: Mapping[str, Any] | None = None, *, owner
             listing = ", ".join(fields) if fields else "(none)"
             where = f" of {owner}" if owner else ""
             raise ConfigError(f"unknown config field {key!r}{where}.{hint} Fields: {listing}")
-        value = parse_value(hints[name], raw, field_name=name) if isinstance(raw, str) else raw
-        choices = fields[name].metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, choices))}")
-        values[name] = value
+        values[name] = parse_value(hints[name], raw, field_name=name) if isinstance(raw, str) \
+            else raw
     try:
-        return cls(**values)
+        config = cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid config{' of ' + owner if owner else ''}: {exc}") from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid config{' for ' + owner if owner else ''}: {exc}") from None
+        raise ConfigError(f"invalid config{' of ' + owner if owner else ''}: {exc}") from None
+    check_fields(config, owner=owner)
+    return config
+
+
+def _type_ok(tp: Any, value: Any) -> bool:
+    """Whether `value` has type `tp` (bool is not an int, an int is a float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(a, value) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin is tuple:
+        inner = args[0] if args else Any
+        return isinstance(value, tuple) and all(_type_ok(inner, v) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def check_fields(config: Any, *, owner: str = "") -> None:
+    """Check every field of a config instance against its declared type, `choices`,
+    `minimum` and `maximum`; raise ConfigError naming the field and the allowed values."""
+    hints = _hints(type(config))
+    where = f" of {owner}" if owner else ""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        tp = hints.get(f.name, Any)
+        if not _type_ok(tp, value):
+            raise ConfigError(f"{f.name}{where}: {value!r} is not a {_type_name(tp)}")
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{f.name}{where}: {value!r} is not one of "
+                              f"{', '.join(map(str, choices))}")
+        low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                continue
+            if v != v:  # NaN
+                raise ConfigError(f"{f.name}{where}: NaN is not a valid value")
+            if low is not None and v < low:
+                raise ConfigError(f"{f.name}{where}: {v!r} is below its minimum {low!r}")
+            if high is not None and v > high:
+                raise ConfigError(f"{f.name}{where}: {v!r} is above its maximum {high!r}")
 
 
 def _jsonable(value: Any) -> Any:

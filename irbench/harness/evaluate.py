@@ -14,6 +14,7 @@ from irbench.harness.metrics import (
     mean_ignoring_nan,
     ns_score,
     precision_at_k,
+    precision_known,
 )
 
 __all__ = ["evaluate"]
@@ -34,6 +35,7 @@ def evaluate(
     ground_truth: Sequence[QueryTruth],
     protocol: Protocol,
     query_db_index: Sequence[int | None] | None = None,
+    database_size: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate rankings under a dataset's protocol.
 
@@ -51,6 +53,12 @@ def evaluate(
     Queries without positives have AP None and are excluded from the means (and counted);
     a mean over no query is None. The N-S score uses the first setting's positives plus
     the query's database index, on the raw ranking.
+
+    When `database_size` says the ranking is truncated (depth < database size), AP counts
+    the positives retrieved within the depth (a lower bound, as in `average_precision`),
+    but an mP@k that the depth cannot determine (`precision_known`: k beyond the known
+    non-junk positions of a query whose positives were not all retrieved) is None rather
+    than an underestimate, and so is the N-S score when the depth is below 4.
     """
     ranks = np.asarray(ranks)
     nq = len(ground_truth)
@@ -72,6 +80,7 @@ def evaluate(
     ranks = ranks.astype(np.int64, copy=False)
     if ranks.size and ranks.min() < -1:
         raise ValueError("ranks may only hold database indices >= 0, or -1 as padding")
+    truncated = database_size is not None and ranks.shape[1] < database_size
 
     out: dict[str, Any] = {"depth": int(ranks.shape[1]), "settings": {}}
     ns_relevant: list[np.ndarray] | None = None
@@ -93,8 +102,13 @@ def evaluate(
         precision: dict[str, float | None] = {}
         if protocol.precision_at:
             prec = precision_at_k(ranks, positives, junk, protocol.precision_at)
+            known = (precision_known(ranks, positives, junk, protocol.precision_at)
+                     if truncated else np.ones(prec.shape, bool))
+            has_positives = ~np.isnan(prec[:, 0]) if len(prec) else np.zeros(0, bool)
             for col, k in enumerate(protocol.precision_at):
-                precision[str(k)] = _or_none(mean_ignoring_nan(prec[:, col])[0])
+                exact = bool(known[has_positives, col].all())
+                precision[str(k)] = (_or_none(mean_ignoring_nan(prec[:, col])[0])
+                                     if exact else None)
         out["settings"][name] = {
             "map": _or_none(mean_ap),
             "precision_at": precision,
@@ -108,5 +122,6 @@ def evaluate(
             for qi in query_db_index
         ]
         scores = ns_score(ranks, relevant)
-        out["ns_score"] = float(scores.mean()) if nq else 0.0
+        out["ns_score"] = (None if truncated and ranks.shape[1] < 4
+                           else float(scores.mean()) if nq else 0.0)
     return out

@@ -166,6 +166,25 @@ def precision_at_k(
     return out
 
 
+def precision_known(
+    ranks: np.ndarray,
+    positives: Sequence[Iterable[int] | np.ndarray],
+    junk: Sequence[Iterable[int] | np.ndarray],
+    ks: Sequence[int],
+) -> np.ndarray:
+    """Whether `precision_at_k` of a *truncated* ranking is exact, bool[nq, len(ks)]: it
+    is when every positive was retrieved, or when the ranking holds at least k entries
+    that are neither junk nor padding (else the positions after the ranking's end, which
+    P@k would count, are unknown)."""
+    ranks = _as_ranks(ranks)
+    ks_arr = np.asarray(ks, dtype=np.int64).reshape(-1)
+    flags, (n_pos, _) = _flags(ranks, (positives, junk))
+    counted = ((ranks >= 0) & (flags & 2 == 0)).sum(axis=1)
+    found = ((flags == 1) & (ranks >= 0)).sum(axis=1)
+    all_found = found >= n_pos
+    return all_found[:, None] | (counted[:, None] >= ks_arr[None, :])
+
+
 def ns_score(ranks: np.ndarray, relevant: Sequence[Iterable[int] | np.ndarray]) -> np.ndarray:
     """UKBench N-S score (Nistér and Stewénius, CVPR 2006) of each query.
 

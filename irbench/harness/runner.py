@@ -1,10 +1,15 @@
 """The protocol: run(method, dataset) -> RunRecord, through fit -> index -> query -> evaluate.
 
-Each stage is timed (wall and CPU seconds, peak resident memory). The method caches
-its own stage artifacts (keyed by the config fields each depends on); the runner caches
-the final rankings keyed by the whole config, the dataset's fingerprint, the search
-depth and the seed, so a rerun reuses everything and says so, and `overwrite=True`
-recomputes. Sweeps run the cartesian product of values and share every cached stage.
+Before anything long starts, `run` checks what would otherwise fail late: the results
+and cache folders are writable, the device exists, the dataset has queries and database
+images, and every image file is there and readable (all bad files are listed at once,
+while the dataset's content fingerprint is taken). Each stage is timed (wall and CPU
+seconds, peak resident memory). The method caches its own stage artifacts (keys derived
+from its stage declarations, see `irbench.methods.base`); the runner caches the final
+rankings keyed by the whole config, the method's code, the dataset's fingerprint, the
+search depth, the backend and the seed, so a rerun reuses everything and says so, and
+`overwrite=True` recomputes. Sweeps check every point's config first, then run the
+cartesian product of values, sharing every cached stage.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import numpy as np
 
 import irbench
 from irbench.datasets.base import Dataset
-from irbench.errors import ConfigError
+from irbench.datasets.signature import ImageSigner
+from irbench.errors import ConfigError, DatasetError
 from irbench.harness.cache import Cache, default_cache_dir
 from irbench.harness.config import (
     build_config,
@@ -42,7 +48,7 @@ from irbench.harness.parallel import default_workers
 from irbench.harness.progress import NULL_PROGRESS, Progress
 from irbench.harness.registry import METHODS, load_dataset
 from irbench.harness.search import BACKENDS
-from irbench.methods.base import Method, RunContext
+from irbench.methods.base import Method, RunContext, code_identity, library_versions
 from irbench.results.store import RunRecord, StageTiming, default_results_dir, write_record
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,9 @@ class RunOptions:
     use_cache: bool = True
     progress: Progress = NULL_PROGRESS
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
+    verify_images: bool = False
+    """Hash every image file again instead of trusting the memoized signatures of files
+    whose size, mtime, ctime and inode are unchanged (`irbench.datasets.signature`)."""
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -80,6 +89,70 @@ class RunOptions:
                               f"choose one of {', '.join(BACKENDS)}")
         if self.topk < 0:
             raise ConfigError("topk must be >= 0 (0 ranks the whole database)")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+
+    def signer(self) -> ImageSigner:
+        """The image signer of runs with these options (memo in the cache when enabled)."""
+        memo = self.cache_dir / "signatures.sqlite" if self.use_cache else None
+        return ImageSigner(memo, verify=self.verify_images)
+
+
+def check_writable(folder: Path, what: str, option: str) -> None:
+    """Create `folder` if needed and check a file can be written in it; ConfigError
+    naming the folder and the option otherwise."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {folder} is not writable ({exc.strerror or exc}); "
+                          f"choose another with {option}") from None
+
+
+def check_device(device: str) -> None:
+    """ConfigError unless `device` names a torch device that exists on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a torch device (use cpu, cuda, "
+                          f"cuda:1, mps, ...)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: no CUDA GPU is available here "
+                              f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA GPU(s) "
+                              f"(cuda:0 .. cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {device}: device type {dev.type!r} is not supported "
+                          f"(use cpu, cuda or mps)")
+
+
+def preflight(options: RunOptions) -> None:
+    """The checks of `run` that need no dataset: folders writable, device available."""
+    if options.results_dir is not None:
+        check_writable(options.results_dir, "results folder", "--results-dir")
+    if options.use_cache:
+        check_writable(options.cache_dir, "cache folder", "--cache-dir")
+    check_device(options.device)
+
+
+def check_dataset(ds: Dataset) -> None:
+    """DatasetError when a dataset cannot give a meaningful number (no queries, no
+    database images)."""
+    if not len(ds.queries):
+        raise DatasetError(f"dataset {ds.label} has no queries: there is nothing to "
+                           f"evaluate")
+    if not len(ds.database):
+        raise DatasetError(f"dataset {ds.label}: its database is empty")
 
 
 class _PeakRss:
@@ -177,16 +250,26 @@ def run(method: str | type[Method], dataset: str | Dataset,
     """
     options = options or RunOptions()
     cls = METHODS.get(method) if isinstance(method, str) else method
+    config = _config_of(cls, overrides)
+    preflight(options)
+    return _run(cls, config, resolve_dataset(dataset, options), options, options.signer())
+
+
+def _config_of(cls: type[Method], overrides: Mapping[str, Any] | Any) -> Any:
     if overrides is not None and isinstance(overrides, cls.Config):
-        config = overrides
-    else:
-        config = build_config(cls.Config, overrides, owner=f"method {cls.name!r}")
-    ds = resolve_dataset(dataset, options)
+        return overrides
+    return build_config(cls.Config, overrides, owner=f"method {cls.name!r}")
+
+
+def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
+         signer: ImageSigner) -> RunRecord:
+    check_dataset(ds)
+    fingerprint = ds.fingerprint(signer)  # lists every missing or unreadable image
     cache = Cache(options.cache_dir, overwrite=options.overwrite, enabled=options.use_cache)
     context = RunContext(cache=cache, seed=options.seed, workers=options.workers,
                          device=options.device, search=options.search,
                          progress=options.progress, dataset_id=f"{ds.name}@{ds.version}",
-                         independent_set=ds.independent_set,
+                         independent_set=ds.independent_set, signer=signer,
                          load_dataset=functools.partial(
                              load_dataset, data_root=options.data_root,
                              cache_dir=options.cache_dir))
@@ -195,9 +278,11 @@ def run(method: str | type[Method], dataset: str | Dataset,
     n_db = len(ds.database)
     depth = n_db if options.topk == 0 else min(options.topk, n_db)
     timings: dict[str, StageTiming] = {}
+    code = code_identity(cls)
 
-    key = {"method": cls.name, "config": config_hash(config), "dataset": ds.fingerprint(),
-           "depth": depth, "seed": options.seed, "search": options.search}
+    key = {"method": cls.name, "config": config_hash(config), "code": code,
+           "dataset": fingerprint, "depth": depth, "seed": options.seed,
+           "search": options.search, "libraries": library_versions()}
 
     def run_stages() -> dict[str, Any]:
         _timed(timings, "fit", lambda: method_obj.fit(ds.train))
@@ -221,7 +306,7 @@ def run(method: str | type[Method], dataset: str | Dataset,
             timings[name] = StageTiming(**{**t, "cached": True})
     ranks = stage_out["ranks"]
     metrics = _timed(timings, "evaluate", lambda: evaluate(
-        ranks, ds.ground_truth, ds.protocol, [q.db_index for q in ds.queries]))
+        ranks, ds.ground_truth, ds.protocol, [q.db_index for q in ds.queries], n_db))
     record = RunRecord(
         method=cls.name,
         config=config_to_dict(config),
@@ -230,6 +315,8 @@ def run(method: str | type[Method], dataset: str | Dataset,
         dataset=ds.name,
         dataset_version=ds.version,
         dataset_options=dict(ds.config),
+        dataset_fingerprint=fingerprint,
+        dataset_root=None if ds.root is None else os.path.abspath(ds.root),
         protocol=ds.protocol.to_dict(),
         metrics=metrics,
         timings=timings,
@@ -237,6 +324,8 @@ def run(method: str | type[Method], dataset: str | Dataset,
         seed=options.seed,
         topk=depth,
         search=options.search,
+        database_size=n_db,
+        method_code=code,
         method_info=dict(stage_out.get("method_info") or {}),
         cache_events=[e.to_dict() for e in cache.events],
         untrained=_is_untrained(config),
@@ -254,23 +343,34 @@ def sweep(method: str | type[Method], dataset: str | Dataset,
           overrides: Mapping[str, Any] | None = None) -> list[RunRecord]:
     """Run the cartesian product of `sweeps` (field -> values) on top of `overrides`.
 
-    The dataset is loaded once; each point's stages are cached, so points that share a
-    stage (same values of the fields that stage depends on) compute it once.
+    Every point's config is built (and checked) before the first runs, so a bad value
+    fails at once; the dataset is loaded and fingerprinted once; each point's stages are
+    cached, so points that share a stage (same values of the fields that stage depends
+    on) compute it once.
     """
     options = options or RunOptions()
     cls = METHODS.get(method) if isinstance(method, str) else method
     known = {f["name"] for f in describe_fields(cls.Config)}
-    for name in sweeps:
+    for name, values in sweeps.items():
         if name.replace("-", "_") not in known:
             build_config(cls.Config, {name: ""}, owner=f"method {cls.name!r}")  # raises
-    ds = resolve_dataset(dataset, options)
+        if not values:
+            raise ConfigError(f"--sweep {name}= lists no values (expected {name}=V1,V2,...)")
     names = list(sweeps)
-    records = []
+    points = []
     for values in itertools.product(*(sweeps[n] for n in names)):
         point = {**dict(overrides or {}), **dict(zip(names, values, strict=True))}
+        config = _config_of(cls, point)
+        cls(config, RunContext.in_memory())  # the method's own checks, for every point
+        points.append((values, config))
+    preflight(options)
+    ds = resolve_dataset(dataset, options)
+    signer = options.signer()
+    records = []
+    for values, config in points:
         log.info("sweep point %s", ", ".join(f"{k}={v}" for k, v in zip(names, values,
                                                                            strict=True)))
-        records.append(run(cls, ds, options, point))
+        records.append(_run(cls, config, ds, options, signer))
     return records
 
 

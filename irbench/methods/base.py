@@ -4,21 +4,33 @@ A method is one module: one class with `name`, a one-line `description`, a froze
 `Config` dataclass (the paper's values as defaults, a help text per field, see
 `irbench.harness.config.param`), and `fit` / `index` / `query`. It registers through
 the `irbench.methods` entry-point group, built-ins and plugins alike.
+
+Cache keys are derived, never typed: a method declares its cached `stages` (which
+stages each comes after, whether it draws random numbers), each config field declares
+the stage it feeds (`param(..., stage=...)`), and `Method.cached` keys an artifact by
+the fields of its stage and of every stage before it, the ids of the upstream
+artifacts and the content identity of the images it consumed (`RunContext.identify`),
+the seed when a stage before it is seeded, and the versions of the libraries that
+compute numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from irbench.datasets.base import Image, Query, image_list_digest, split_segments
-from irbench.harness.cache import Cache, default_cache_dir
-from irbench.harness.config import config_hash
+from irbench.datasets.base import Image, Query, split_segments
+from irbench.datasets.signature import ImageSigner
+from irbench.harness.cache import Artifact, Cache, default_cache_dir
+from irbench.harness.config import ANY_STAGE, config_to_dict, field_stage
 from irbench.harness.parallel import default_workers
 from irbench.harness.progress import NULL_PROGRESS, Progress
 
@@ -28,6 +40,46 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class NoConfig:
     """This method has no options."""
+
+
+QUERY_STAGE = "query"
+"""The stage of config fields used only when ranking (they enter no artifact key, only
+the key of the run's rankings, which covers the whole config)."""
+NO_STAGE = "none"
+"""The stage of config fields that do not change results (batch size, memory layout)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A cached stage of a method (see `Method.stages`)."""
+
+    after: tuple[str, ...] = ()
+    """Stages whose config fields this one depends on too (directly or through an
+    upstream artifact it consumes)."""
+    seeded: bool = False
+    """It draws random numbers: the run's seed is part of its key (and of every stage
+    after it)."""
+    shared: bool = False
+    """Its artifacts are shared by every method with the same fields and inputs (the
+    kind is the stage's name, not `<method>/<stage>`)."""
+
+
+_LIBRARIES = ("numpy", "scipy", "faiss-cpu", "faiss-gpu-cu12", "torch", "torchvision",
+              "scikit-learn", "opencv-contrib-python-headless", "opencv-contrib-python",
+              "opencv-python-headless", "opencv-python", "efficientnet-lite-pytorch")
+
+
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """Versions of irbench and of the installed libraries that compute numbers; part of
+    every artifact key, so an upgrade never serves artifacts the new code would not make."""
+    out = {}
+    for name in ("irbench", *_LIBRARIES):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 @dataclass
@@ -41,7 +93,10 @@ class RunContext:
     search: str = "exact"
     progress: Progress = NULL_PROGRESS
     dataset_id: str = ""
-    """Name and version of the dataset being run; part of every artifact key."""
+    """Name and version of the dataset being run, for messages (artifact keys name the
+    content of the images instead: `identify`)."""
+    signer: ImageSigner = field(default_factory=ImageSigner)
+    """Content signatures of image files (memoized in the cache by the runner)."""
     independent_set: str = ""
     """The dataset's customary independent set for unsupervised training (`Dataset.
     independent_set`: Paris for Oxford); "" when it has none."""
@@ -54,25 +109,40 @@ class RunContext:
         """A context whose cache keeps nothing on disk (for notebooks and tests)."""
         return cls(cache=Cache(Path("."), enabled=False), **kwargs)
 
+    def identify(self, images: Sequence[Image | Query]) -> str:
+        """Content identity of an image list: ids, paths, boxes, crop flags, labels and
+        the signature of every file (`ImageSigner.identify`)."""
+        return self.signer.identify(images)
+
 
 class Method:
     """Base class of retrieval methods.
 
-    Subclasses set `name`, `description`, `Config`, and implement `index` and `query`
-    (and `fit` when they learn something from the train split). Stage artifacts go
-    through `self.cached(...)`, keyed by the config fields they depend on, so a sweep's
-    points share whatever stages they share.
+    Subclasses set `name`, `description`, `Config`, `stages`, and implement `index` and
+    `query` (and `fit` when they learn something from the train split). Stage artifacts
+    go through `self.cached(...)` / `self.cached_map(...)`, whose keys are derived from
+    the stage declarations (module docstring), so a sweep's points share whatever stages
+    they share and no key can forget what its artifact depends on.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type] = NoConfig
+    stages: ClassVar[Mapping[str, Stage]] = {}
+    """The method's cached stages by name; config fields name one of them (or
+    `QUERY_STAGE` / `NO_STAGE`) in `param(..., stage=...)`."""
     contract_overrides: ClassVar[dict[str, Any]] = {}
     """Config overrides for the registry-driven contract test (e.g. a small backbone);
     empty: the defaults are tested."""
 
     def __init__(self, config: Any = None, context: RunContext | None = None) -> None:
+        from irbench.harness.config import check_fields
+
         self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{self.name}: config must be a {self.Config.__qualname__}, got "
+                            f"{type(self.config).__qualname__}")
+        check_fields(self.config, owner=f"method {self.name!r}")
         self.context = context if context is not None else RunContext.in_memory()
         self._info: dict[str, Any] = {}
 
@@ -99,56 +169,79 @@ class Method:
         """Size of the searchable index in bytes, when the method knows it."""
         return None
 
-    # -- helpers -----------------------------------------------------------------------
+    # -- cache keys ----------------------------------------------------------------------
 
-    def cached(self, stage: str, key: dict[str, Any], compute, *,
-               fields: Iterable[str] | None = None, dataset: str | None = None
-               ) -> dict[str, Any]:
-        """`context.cache.load_or_compute` with a key made of the method's name, the hash
-        of `fields` of its config (all fields when None), the dataset id (or `dataset`,
-        the name of a shared segment), and `key`."""
-        full_key = {
-            "method": self.name,
-            "config": config_hash(self.config, fields),
-            "dataset": self.context.dataset_id if dataset is None else dataset,
-            "seed": self.context.seed,
-            **key,
+    @classmethod
+    def upstream(cls, stage: str) -> tuple[str, ...]:
+        """`stage` and every stage it comes after, transitively (declaration order)."""
+        if stage not in cls.stages:
+            known = ", ".join(cls.stages) or "(none)"
+            raise RuntimeError(f"method {cls.name!r} declares no stage {stage!r} "
+                               f"(its stages: {known})")
+        seen: list[str] = []
+        todo = [stage]
+        while todo:
+            s = todo.pop()
+            if s not in seen:
+                seen.append(s)
+                todo.extend(cls.stages[s].after)
+        return tuple(s for s in cls.stages if s in seen)
+
+    def stage_fields(self, stage: str) -> dict[str, Any]:
+        """The config fields (JSON-able values) that stage `stage` depends on: those
+        declaring it or a stage before it, and those declaring no stage at all."""
+        chain = set(self.upstream(stage))
+        values = config_to_dict(self.config)
+        return {f.name: values[f.name] for f in dataclasses.fields(self.config)
+                if field_stage(f) == ANY_STAGE or field_stage(f) in chain}
+
+    def stage_key(self, stage: str, inputs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(artifact kind, key) of `stage` computed from `inputs` (upstream artifact ids,
+        image-list identities, anything else its computation consumes)."""
+        chain = self.upstream(stage)
+        shared = self.stages[stage].shared
+        key = {
+            "stage": stage,
+            "fields": self.stage_fields(stage),
+            "inputs": dict(inputs),
+            "libraries": library_versions(),
         }
-        return self.context.cache.load_or_compute(f"{self.name}/{stage}", full_key, compute)
+        if not shared:
+            key["method"] = self.name
+        if any(self.stages[s].seeded for s in chain):
+            key["seed"] = self.context.seed
+        return (stage if shared else f"{self.name}/{stage}"), key
 
-    def cached_map(self, stage: str, key: dict[str, Any], items: Sequence[Any],
-                   compute_chunk, *, fields: Iterable[str] | None = None,
-                   dataset: str | None = None, shard_size: int = 512,
-                   description: str = "") -> dict[str, Any]:
+    def cached(self, stage: str, compute: Callable[[], Mapping[str, Any]], *,
+               inputs: Mapping[str, Any]) -> Artifact:
+        """The artifact of `stage` for `inputs`, from the cache or computed and stored
+        (`stage_key` names it; its `.id` goes into the inputs of later stages)."""
+        kind, key = self.stage_key(stage, inputs)
+        return self.context.cache.load_or_compute(kind, key, compute)
+
+    def cached_map(self, stage: str, items: Sequence[Any], compute_chunk, *,
+                   inputs: Mapping[str, Any], shard_size: int = 512,
+                   description: str = "") -> Artifact:
         """Like `cached`, for a per-item computation stored in shards: an interrupted
-        extraction resumes from the last finished shard (`Cache.map_cached`)."""
-        full_key = {
-            "method": self.name,
-            "config": config_hash(self.config, fields),
-            "dataset": self.context.dataset_id if dataset is None else dataset,
-            "seed": self.context.seed,
-            **key,
-        }
-        return self.context.cache.map_cached(f"{self.name}/{stage}", full_key, items,
-                                             compute_chunk, shard_size=shard_size,
+        extraction resumes from the last finished shard (`Cache.map_cached`). `inputs`
+        must include the items' identity (`self.context.identify(items)`)."""
+        kind, key = self.stage_key(stage, inputs)
+        return self.context.cache.map_cached(kind, key, items, compute_chunk,
+                                             shard_size=shard_size,
                                              progress=self.context.progress,
                                              description=description or f"{self.name}: {stage}")
-
-    def images_key(self, images: Sequence[Image | Query]) -> dict[str, Any]:
-        """Cache-key part naming a list of images (ids, boxes, crop flags)."""
-        return {"images": image_list_digest(images), "count": len(images)}
 
 
 class GlobalDescriptorMethod(Method):
     """A method that describes each image by one vector: implement `encode` only.
 
-    Features are cached per image list (keyed by `feature_fields` of the config), the
+    Features are cached per image list (stage `features`: its key holds the config
+    fields declaring it, the images' content identity and `feature_inputs()`), the
     database is searched with the context's search backend (cosine on L2-normalized
     vectors by default), and queries are encoded with their `crop_box`.
     """
 
-    feature_fields: ClassVar[tuple[str, ...] | None] = None
-    """Config fields the features depend on (None: all of them)."""
+    stages: ClassVar[Mapping[str, Stage]] = {"features": Stage()}
     normalize: ClassVar[bool] = True
     """L2-normalize features before search (cosine similarity)."""
 
@@ -156,16 +249,20 @@ class GlobalDescriptorMethod(Method):
         """float32[n, d] descriptors; for a Query, describe `query.crop_box` when not None."""
         raise NotImplementedError
 
+    def feature_inputs(self) -> dict[str, Any]:
+        """Ids of the upstream artifacts `encode` uses (a fine-tuned network): part of
+        the features' key. None by default."""
+        return {}
+
     def features(self, role: str, images: Sequence[Image | Query]) -> np.ndarray:
         """Encoded (and cached) features of `images`; a shared segment of the list (a
-        distractor set) is cached under its own name, once for every base dataset."""
+        distractor set) is cached on its own, once for every base dataset."""
         parts = []
         for segment, start, stop in split_segments(images):
             part = tuple(images[start:stop])
-            stage = f"features-{role}" if segment is None else "features-shared"
-            art = self.cached_map(stage, self.images_key(part), part, self._encode_rows,
-                                  fields=self.feature_fields,
-                                  dataset=None if segment is None else segment.name,
+            art = self.cached_map("features", part, self._encode_rows,
+                                  inputs={"images": self.context.identify(part),
+                                          **self.feature_inputs()},
                                   description=f"{self.name}: {role} features"
                                   + ("" if segment is None else f" ({segment.name})"))
             feats_part = art.get("features")
@@ -198,3 +295,65 @@ class GlobalDescriptorMethod(Method):
     def index_bytes(self) -> int | None:
         db = getattr(self, "_database", None)
         return None if db is None else int(db.nbytes)
+
+
+# -- the code identity of a method ------------------------------------------------------------
+
+
+def _imported_modules(module: str, within: str) -> list[str]:
+    """`module` and every module it imports, transitively, whose name starts with
+    `within` (read from the source with `ast`, nothing is imported)."""
+    import ast
+    import importlib.util
+
+    seen: dict[str, str] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        source = Path(spec.origin).read_text("utf-8")
+        seen[name] = source
+        package = name if spec.submodule_search_locations else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(source)):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 \
+                        else package
+                    base = f"{parent}.{base}" if base else parent
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            for target in targets:
+                if target.startswith(within) and target not in seen:
+                    try:
+                        if importlib.util.find_spec(target) is not None:
+                            todo.append(target)
+                    except (ImportError, ValueError):
+                        continue
+    return sorted(seen)
+
+
+@functools.cache
+def code_identity(cls: type) -> str:
+    """SHA-256 of the source of a method's module and of every module of its package
+    family it imports (for irbench's methods: `irbench.methods.*`; for a plugin: its
+    top-level package). A run record keeps it; a record whose method's code has changed
+    since is marked stale, and cached rankings are not reused across a change."""
+    import hashlib
+    import importlib.util
+
+    module = cls.__module__
+    top = module.split(".")[0]
+    within = "irbench.methods" if top == "irbench" else top
+    h = hashlib.sha256()
+    for name in _imported_modules(module, within):
+        spec = importlib.util.find_spec(name)
+        h.update(name.encode() + b"\n")
+        h.update(Path(spec.origin).read_bytes())
+    return h.hexdigest()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from irbench.results.store import RunRecord
@@ -57,18 +59,45 @@ class Table:
 
 
 def latest_records(records: list[RunRecord]) -> list[RunRecord]:
-    """One record per run id: the most recent."""
+    """One record per run id (the run ids of different runs never collide): the most
+    recent."""
     best: dict[str, RunRecord] = {}
     for r in records:
         if r.run_id not in best or r.date >= best[r.run_id].date:
             best[r.run_id] = r
-    return sorted(best.values(), key=lambda r: (r.method, r.config_hash, r.dataset))
+    return sorted(best.values(), key=lambda r: (r.method, r.config_hash, r.dataset, r.seed,
+                                                r.search, r.topk))
 
 
 def config_label(record: RunRecord) -> str:
     """The config fields that differ from the method's defaults, or `default`."""
     changed = record.config_changed
     return ", ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(changed.items())) or "default"
+
+
+def run_label(record: RunRecord) -> str:
+    """The run options that change a number, where they differ from the defaults: the
+    seed, the search backend, a ranking depth below the database size; "" for none."""
+    parts = []
+    if record.seed != 0:
+        parts.append(f"seed={record.seed}")
+    if record.search != "exact":
+        parts.append(f"search={record.search}")
+    if not record.full_depth:
+        parts.append(f"top-{record.topk}")
+    return ", ".join(parts)
+
+
+def kind_label(record: RunRecord, current_code: Mapping[str, str] | None = None) -> str:
+    """`measured`, or what makes the number less than that: `untrained` (random
+    weights), `stale` (the method's code has changed since the run; `current_code` maps
+    method names to their code identity today)."""
+    marks = []
+    if current_code and current_code.get(record.method) not in (None, record.method_code):
+        marks.append("stale")
+    if record.untrained:
+        marks.append("untrained")
+    return ", ".join(marks) or "measured"
 
 
 def _fmt_value(v: Any) -> str:
@@ -86,6 +115,21 @@ def dataset_label(record: RunRecord) -> str:
     return f"{record.dataset}[{opts}]"
 
 
+def dataset_columns(records: list[RunRecord]) -> dict[str, str]:
+    """Column label of each dataset fingerprint: the dataset label, followed by
+    `@<fingerprint prefix>` when records of one label come from different data (two
+    folders of the same name, a manifest edited in place, other images)."""
+    prints: dict[str, set[str]] = {}
+    for r in records:
+        prints.setdefault(dataset_label(r), set()).add(r.dataset_fingerprint)
+    out = {}
+    for r in records:
+        label = dataset_label(r)
+        out[r.dataset_fingerprint] = (label if len(prints[label]) == 1
+                                      else f"{label}@{r.dataset_fingerprint[:6]}")
+    return out
+
+
 def _column(dataset: str, setting: str) -> str:
     return f"{dataset}/{setting}" if setting else dataset
 
@@ -94,51 +138,88 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{100.0 * value:.{digits}f}"
 
 
-def overview(records: list[RunRecord], *, reported: bool = True) -> Table:
-    """Rows: method + config; columns: dataset (and protocol setting); cells: mAP in %."""
-    records = latest_records(records)
-    columns: list[str] = []
-    cells: dict[tuple[str, str, str], dict[str, str]] = {}
+def _data_notes(records: list[RunRecord], columns: Mapping[str, str]) -> list[str]:
+    """Where the data of each disambiguated column (`label@fingerprint`) comes from."""
+    notes = {}
     for r in records:
-        marks = "untrained" if r.untrained else "measured"
-        row_key = (r.method, config_label(r), marks)
+        label = columns[r.dataset_fingerprint]
+        if label != dataset_label(r):
+            notes[label] = (f"{label}: {r.dataset} version {r.dataset_version} at "
+                            f"{r.dataset_root or '(no root)'}")
+    return [notes[k] for k in sorted(notes)]
+
+
+def overview(records: list[RunRecord], *, reported: bool = True,
+             current_code: Mapping[str, str] | None = None) -> Table:
+    """Rows: method + config + run options + kind; columns: dataset (and protocol
+    setting); cells: mAP in %. Runs that differ in anything that changes a number
+    (config, seed, search backend, depth, data) never share a cell."""
+    records = latest_records(records)
+    by_fp = dataset_columns(records)
+    columns: list[str] = []
+    cells: dict[tuple[str, str, str, str], dict[str, str]] = {}
+    for r in records:
+        row_key = (r.method, config_label(r), run_label(r), kind_label(r, current_code))
         for setting, m in r.metrics.get("settings", {}).items():
-            col = _column(dataset_label(r), setting)
+            col = _column(by_fp[r.dataset_fingerprint], setting)
             if col not in columns:
                 columns.append(col)
-            cells.setdefault(row_key, {})[col] = _pct(m.get("map"))
+            row = cells.setdefault(row_key, {})
+            if col in row:  # same label, other run (defaults changed between versions)
+                row_key = (*row_key[:3], f"{row_key[3]} [{r.run_id[-8:]}]")
+                row = cells.setdefault(row_key, {})
+            row[col] = _pct(m.get("map"))
     if reported:
         for rep in REPORTED:
             col = _column(rep.dataset, rep.setting)
             if col not in columns:
                 columns.append(col)
-            key = (rep.method, rep.config, "reported")
+            key = (rep.method, rep.config, "", "reported")
             cells.setdefault(key, {})[col] = f"{rep.map_percent:.1f}"
-    table = Table(title="mAP (%)", columns=["method", "config", "kind", *columns])
-    for i, (key, row) in enumerate(sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][2]
-                                                                         .startswith("reported"),
-                                                                         kv[0][1]))):
+    table = Table(title="mAP (%)", columns=["method", "config", "run", "kind", *columns])
+    order = sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][3] == "reported",
+                                                   kv[0][1], kv[0][2]))
+    for i, (key, row) in enumerate(order):
         table.rows.append([*key, *(row.get(c, "") for c in columns)])
-        if key[2].startswith("reported"):
+        if key[3] == "reported":
             table.reported_rows.add(i)
+    table.notes += _data_notes(records, by_fp)
+    if any(run_label(r) for r in records):
+        table.notes.append("run: the options that differ from a default run (seed, search "
+                           "backend, top-k = ranking depth below the database size)")
     if reported:
         table.notes.append(f"rows of kind 'reported' are numbers printed in {PAPER}, "
                            "not measured here")
+    if any("stale" in kind_label(r, current_code) for r in records):
+        table.notes.append("kind 'stale': the method's code has changed since the run; "
+                           "rerun it for a current number")
     return table
 
 
 def matches_dataset(record: RunRecord, dataset: str) -> bool:
     """Whether `record` ran on `dataset`: its name, its label with options, or the spec
-    given to `bench run` (`folder:PATH` is recorded as `folder:<folder name>`)."""
+    given to `bench run` (`folder:PATH` is recorded as `folder:<folder name>`; with the
+    full path, only the records of that folder match)."""
     if record.dataset == dataset or dataset_label(record) == dataset:
         return True
     name, sep, arg = dataset.partition(":")
-    return bool(sep and arg) and record.dataset == f"{name}:{PurePath(arg.rstrip('/')).name}"
+    if not (sep and arg) or record.dataset != f"{name}:{PurePath(arg.rstrip('/')).name}":
+        return False
+    if record.dataset_root is None or ("/" not in arg and "\\" not in arg):
+        return True
+    spec = Path(arg).expanduser()
+    if name == "manifest":
+        spec = spec.parent
+    return os.path.abspath(spec) in (record.dataset_root,
+                                     os.path.abspath(PurePath(record.dataset_root)))
 
 
-def detail(records: list[RunRecord], dataset: str, *, reported: bool = True) -> Table:
+def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
+           current_code: Mapping[str, str] | None = None) -> Table:
     """One dataset: every setting's mAP and mP@k, N-S score, stage timings, memory, index size."""
     records = [r for r in latest_records(records) if matches_dataset(r, dataset)]
+    by_fp = dataset_columns(records)
+    several = len(by_fp) > 1
     settings: list[str] = []
     ks: list[str] = []
     for r in records:
@@ -154,16 +235,15 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True) -> 
         prefix = f"{s} " if s else ""
         metric_cols.append(f"{prefix}mAP")
         metric_cols.extend(f"{prefix}mP@{k}" for k in ks)
-    cols = ["method", "config", "kind", *metric_cols]
+    cols = ["method", "config", "run", "kind", *(["data"] if several else []), *metric_cols]
     if has_ns:
         cols.append("N-S")
     cols += ["queries", "fit s", "index s", "query s", "peak MiB", "index MiB"]
     table = Table(title=f"{dataset}: metrics in %, times in wall seconds", columns=cols)
-    if reported and any(rep.dataset == dataset for rep in REPORTED):
-        table.notes.append(f"rows of kind 'reported' are numbers printed in {PAPER}, "
-                           "not measured here")
     for r in records:
-        row = [r.method, config_label(r), "untrained" if r.untrained else "measured"]
+        row = [r.method, config_label(r), run_label(r), kind_label(r, current_code)]
+        if several:
+            row.append(by_fp[r.dataset_fingerprint])
         for s in settings:
             m = r.metrics.get("settings", {}).get(s, {})
             row.append(_pct(m.get("map")))
@@ -183,13 +263,24 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True) -> 
     if reported:
         for rep in REPORTED:
             if rep.dataset == dataset:
-                row = [rep.method, rep.config, "reported"]
+                row = [rep.method, rep.config, "", "reported", *([""] if several else [])]
                 row += [f"{rep.map_percent:.1f}" if c.endswith("mAP") and
                         (rep.setting == "" or c.startswith(rep.setting)) else ""
                         for c in metric_cols]
                 row += [""] * (len(cols) - len(row))
                 table.reported_rows.add(len(table.rows))
                 table.rows.append(row)
+    table.notes += _data_notes(records, by_fp)
+    if any(not r.full_depth for r in records):
+        table.notes.append("top-k: only the first k of the database were ranked; AP counts "
+                           "the positives found there, and mP@k that the depth cannot "
+                           "determine is shown as —")
+    if reported and any(rep.dataset == dataset for rep in REPORTED):
+        table.notes.append(f"rows of kind 'reported' are numbers printed in {PAPER}, "
+                           "not measured here")
+    if any("stale" in kind_label(r, current_code) for r in records):
+        table.notes.append("kind 'stale': the method's code has changed since the run; "
+                           "rerun it for a current number")
     return table
 
 

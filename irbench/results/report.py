@@ -52,7 +52,8 @@ def region_figures(records: list[RunRecord], dataset: str | None = None,
         if not all(f in r.config for f in SWEPT):
             continue
         fixed = {k: v for k, v in r.config.items() if k not in SWEPT}
-        key = (r.dataset, json.dumps(fixed, sort_keys=True, default=str))
+        key = (r.dataset, json.dumps([fixed, r.dataset_fingerprint, r.seed, r.search, r.topk],
+                                     sort_keys=True, default=str))
         setting, value = _map(r)
         if value is None:
             continue

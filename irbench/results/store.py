@@ -12,10 +12,13 @@ from typing import Any
 
 from irbench.errors import IrbenchError
 from irbench.harness.cache import atomic_write_text
+from irbench.harness.config import stable_hash
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: records name the dataset's content fingerprint and root, the database size and the
+method's code identity; the run id covers everything that changes a number."""
 
 
 def default_results_dir() -> Path:
@@ -45,13 +48,22 @@ class RunRecord:
     dataset: str
     dataset_version: str
     dataset_options: dict[str, Any]
+    dataset_fingerprint: str
+    """The dataset's content identity (`Dataset.fingerprint`): root, options, protocol,
+    ground truth and every image's content signature."""
+    dataset_root: str | None
     protocol: dict[str, Any]
     metrics: dict[str, Any]
     timings: dict[str, StageTiming]
     index_bytes: int | None
     seed: int
     topk: int
+    """Ranking depth evaluated (the database size when the whole database is ranked)."""
     search: str
+    database_size: int
+    method_code: str
+    """SHA-256 of the method's source (`irbench.methods.base.code_identity`): a record
+    whose method's code has changed since is stale."""
     method_info: dict[str, Any] = field(default_factory=dict)
     cache_events: list[dict[str, Any]] = field(default_factory=list)
     untrained: bool = False
@@ -61,12 +73,22 @@ class RunRecord:
     schema_version: int = SCHEMA_VERSION
 
     @property
+    def full_depth(self) -> bool:
+        """Whether the whole database was ranked (the official protocols)."""
+        return self.topk >= self.database_size
+
+    @property
     def run_id(self) -> str:
-        """Stable name of this (method, config, dataset, options, depth) combination."""
+        """Name of this run: method, dataset (with options) and a hash of everything
+        else that changes a number (config, dataset fingerprint, seed, search backend,
+        ranking depth), so two different runs never share a record file and a rerun of
+        the same run replaces its own."""
         ds = _slug(self.dataset)
         if self.dataset_options:
             ds += "-" + _slug(",".join(f"{k}={v}" for k, v in sorted(self.dataset_options.items())))
-        return f"{_slug(self.method)}__{ds}__{self.config_hash[:12]}__k{self.topk}"
+        ident = stable_hash([self.config_hash, self.dataset_fingerprint, self.seed,
+                             self.search, self.topk])
+        return f"{_slug(self.method)}__{ds}__{ident[:16]}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -74,10 +96,15 @@ class RunRecord:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+    def from_dict(cls, d: Any) -> RunRecord:
+        """A record from its JSON form; ValueError saying what is wrong otherwise."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {version!r} (this irbench reads {SCHEMA_VERSION})")
+            raise ValueError(f"schema_version {version!r} (this irbench reads "
+                             f"{SCHEMA_VERSION}; rerun the run to write a current record)")
+        _check_types(d)
         d = {k: v for k, v in d.items() if k != "run_id"}
         d["timings"] = {k: StageTiming(**v) for k, v in d["timings"].items()}
         return cls(**d)
@@ -89,6 +116,51 @@ class RunRecord:
         key = setting if setting is not None else next(iter(settings))
         value = settings.get(key, {}).get("map")
         return None if value is None else float(value)
+
+
+_NUMBER = (int, float)
+
+
+def _check_types(d: dict[str, Any]) -> None:
+    """ValueError naming the first field of a record dict whose type is wrong."""
+    expected: dict[str, tuple[type, ...]] = {
+        "method": (str,), "config": (dict,), "config_hash": (str,), "config_changed": (dict,),
+        "dataset": (str,), "dataset_version": (str,), "dataset_options": (dict,),
+        "dataset_fingerprint": (str,), "dataset_root": (str, type(None)),
+        "protocol": (dict,), "metrics": (dict,), "timings": (dict,),
+        "index_bytes": (int, type(None)), "seed": (int,), "topk": (int,), "search": (str,),
+        "database_size": (int,), "method_code": (str,),
+    }
+    for name, types in expected.items():
+        if name not in d:
+            raise ValueError(f"field {name!r} is missing")
+        if not isinstance(d[name], types) or (isinstance(d[name], bool) and bool not in types):
+            raise ValueError(f"field {name!r} has type {type(d[name]).__name__}")
+    settings = d["metrics"].get("settings")
+    if not isinstance(settings, dict):
+        raise ValueError("metrics.settings is not an object")
+    for setting, m in settings.items():
+        where = f"metrics.settings[{setting!r}]"
+        if not isinstance(m, dict):
+            raise ValueError(f"{where} is not an object")
+        if m.get("map") is not None and not isinstance(m["map"], _NUMBER):
+            raise ValueError(f"{where}.map is not a number")
+        precision = m.get("precision_at", {})
+        if not isinstance(precision, dict) or any(
+                v is not None and not isinstance(v, _NUMBER) for v in precision.values()):
+            raise ValueError(f"{where}.precision_at is not an object of numbers")
+        if not isinstance(m.get("ap", []), list):
+            raise ValueError(f"{where}.ap is not a list")
+        for count in ("queries_evaluated", "queries_without_positives"):
+            if not isinstance(m.get(count, 0), int):
+                raise ValueError(f"{where}.{count} is not an integer")
+    ns = d["metrics"].get("ns_score")
+    if ns is not None and not isinstance(ns, _NUMBER):
+        raise ValueError("metrics.ns_score is not a number")
+    for stage, t in d["timings"].items():
+        if not isinstance(t, dict) or not all(isinstance(t.get(k), _NUMBER)
+                                              for k in ("wall_s", "cpu_s", "peak_rss_bytes")):
+            raise ValueError(f"timings[{stage!r}] is not a stage timing")
 
 
 def _slug(text: str) -> str:
@@ -106,12 +178,13 @@ def read_record(path: str | Path) -> RunRecord:
     path = Path(path)
     try:
         return RunRecord.from_dict(json.loads(path.read_text("utf-8")))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise IrbenchError(f"run record {path} is not readable: {exc}") from None
 
 
 def read_records(results_dir: str | Path) -> tuple[list[RunRecord], list[str]]:
-    """All records under `results_dir` (recursively) and a list of problems with the rest."""
+    """All records under `results_dir` (recursively) and one problem line per file that
+    is not a readable record (the caller warns and shows the rest)."""
     root = Path(results_dir)
     records, problems = [], []
     if not root.is_dir():

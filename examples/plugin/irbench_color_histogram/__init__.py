@@ -16,14 +16,15 @@ from irbench.methods.base import GlobalDescriptorMethod
 
 @dataclass(frozen=True)
 class Config:
-    hue_bins: int = param(16, "histogram bins over hue")
-    saturation_bins: int = param(4, "histogram bins over saturation")
-    value_bins: int = param(4, "histogram bins over value (brightness)")
-    sqrt: bool = param(True, "square-root the L1-normalized histogram (Hellinger kernel)")
+    """Every field feeds the cached `features` stage (`GlobalDescriptorMethod.stages`)."""
 
-    def __post_init__(self) -> None:
-        if min(self.hue_bins, self.saturation_bins, self.value_bins) < 1:
-            raise ValueError("every bin count must be at least 1")
+    hue_bins: int = param(16, "histogram bins over hue", minimum=1, stage="features")
+    saturation_bins: int = param(4, "histogram bins over saturation", minimum=1,
+                                 stage="features")
+    value_bins: int = param(4, "histogram bins over value (brightness)", minimum=1,
+                            stage="features")
+    sqrt: bool = param(True, "square-root the L1-normalized histogram (Hellinger kernel)",
+                       stage="features")
 
 
 class ColorHistogram(GlobalDescriptorMethod):

@@ -18,7 +18,7 @@ Optional PCA-whitening (Jégou and Chum, ECCV 2012) is learned on an independent
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +29,7 @@ from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
 from irbench.harness.config import param
 from irbench.harness.search import l2_normalize
-from irbench.methods.base import GlobalDescriptorMethod
+from irbench.methods.base import NO_STAGE, QUERY_STAGE, GlobalDescriptorMethod, Stage
 from irbench.methods.cnn import pooling
 from irbench.methods.cnn.backbones import BackboneNet, load_backbone
 from irbench.methods.cnn.extract import Resize, extract, prepare
@@ -40,29 +40,30 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CnnConfig:
     backbone: str = param("vgg16", "registered backbone: vgg16 (the paper's), resnet50, "
-                                   "resnet101, efficientnet-lite0")
+                                   "resnet101, efficientnet-lite0", stage="network")
     weights: str = param("imagenet", "imagenet | none (random, marked untrained) | PATH to "
-                                     "a state dict")
+                                     "a state dict", stage="network")
     pooling: str = param("fc7", "fc7 (the paper: the layer feeding the classifier, VGG16's "
-                                "FC7) | mac | spoc | gem | rmac | crow", choices=pooling.POOLINGS)
-    fc7_after_relu: bool = param(True, "VGG16 FC7 after its ReLU (Caffe's in-place relu7)")
-    image_size: int = param(224, "fc7: images resized to this square (the paper: 224)")
+                                "FC7) | mac | spoc | gem | rmac | crow", choices=pooling.POOLINGS, stage="features")
+    fc7_after_relu: bool = param(True, "VGG16 FC7 after its ReLU (Caffe's in-place relu7)", stage="features")
+    image_size: int = param(224, "fc7: images resized to this square (the paper: 224)",
+                            minimum=16, stage="network")
     conv_max_size: int = param(1024, "pooled conv descriptors: longer image side at most "
-                                     "this many pixels (never enlarged)")
-    gem_p: float = param(3.0, "GeM exponent p")
-    rmac_levels: int = param(3, "R-MAC scales L")
+                                     "this many pixels (never enlarged)", stage="features")
+    gem_p: float = param(3.0, "GeM exponent p", minimum=0.01, stage="features")
+    rmac_levels: int = param(3, "R-MAC scales L", minimum=1, stage="features")
     query_crop: str = param("box", "box: crop queries to their box when the protocol does "
                                     "(CNN + cropped query); full: whole query image",
-                            choices=("box", "full"))
+                            choices=("box", "full"), stage="features")
     whitening: str = param("none", "none | pca: PCA-whitening learned on whitening_set",
-                           choices=("none", "pca"))
+                           choices=("none", "pca"), stage=QUERY_STAGE)
     whitening_set: str = param("", "dataset the whitening is learned on (its database "
-                                    "images); must differ from the evaluated one")
-    whitening_dim: int = param(0, "dimensions kept after whitening (0: all)")
+                                    "images); must differ from the evaluated one", stage=QUERY_STAGE)
+    whitening_dim: int = param(0, "dimensions kept after whitening (0: all)", minimum=0, stage=QUERY_STAGE)
     precision: str = param("fp32", "fp32 | bf16 (autocast; see benchmarks/bench_cnn.py)",
-                           choices=("fp32", "bf16"))
-    batch_size: int = param(16, "images per forward pass (fc7)")
-    channels_last: bool = param(True, "channels-last memory format")
+                           choices=("fp32", "bf16"), stage="features")
+    batch_size: int = param(16, "images per forward pass (fc7)", minimum=1, stage=NO_STAGE)
+    channels_last: bool = param(True, "channels-last memory format", stage=NO_STAGE)
 
 
 class CnnMethod(GlobalDescriptorMethod):
@@ -72,9 +73,10 @@ class CnnMethod(GlobalDescriptorMethod):
     description = "Global CNN descriptor: VGG16 FC7 (the paper's) or MAC/SPoC/GeM/R-MAC/CroW"
     Config = CnnConfig
     contract_overrides: ClassVar[dict[str, Any]] = {"backbone": "efficientnet-lite0"}
-    feature_fields: ClassVar[tuple[str, ...] | None] = (
-        "backbone", "weights", "pooling", "fc7_after_relu", "image_size", "conv_max_size",
-        "gem_p", "rmac_levels", "query_crop", "precision")
+    stages: ClassVar[Mapping[str, Stage]] = {
+        "network": Stage(),  # the backbone as loaded: no artifact of its own
+        "features": Stage(after=("network",)),
+    }
 
     def __init__(self, config: Any = None, context: Any = None) -> None:
         super().__init__(config, context)
@@ -141,13 +143,8 @@ class CnnMethod(GlobalDescriptorMethod):
                               "learn the whitening on an independent set")
         wds = load_dataset(cfg.whitening_set, cache_dir=self.context.cache.root
                            if self.context.cache.enabled else None)
-        images = wds.database
         wid = f"{wds.name}@{wds.version}"
-
-        art = self.cached_map("features-database", self.images_key(images), images,
-                              self._encode_rows, fields=self.feature_fields, dataset=wid,
-                              description=f"{self.name}: whitening set {wid}")
-        x = l2_normalize(np.asarray(art["features"], np.float32))
+        x = super().features(f"whitening set {wid}", wds.database)
         mean = x.mean(axis=0)
         cov = np.cov((x - mean).T.astype(np.float64))
         eigval, eigvec = np.linalg.eigh(cov)

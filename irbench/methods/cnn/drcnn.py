@@ -25,19 +25,19 @@ normalized and weighted by `class_score_weight`, to the fused feature.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from irbench.datasets.base import Image, Query, split_segments
-from irbench.datasets.images import crop, read_image
-from irbench.errors import ConfigError
-from irbench.harness.config import param, stable_hash
+from irbench.datasets.images import check_decodable, crop, read_image
+from irbench.errors import BadImagesError, ConfigError, ImageReadError
+from irbench.harness.config import param
 from irbench.harness.search import l2_normalize, search
-from irbench.methods.base import Method
+from irbench.methods.base import NO_STAGE, QUERY_STAGE, Method, Stage
 from irbench.methods.cnn.backbones import BackboneNet, load_backbone
 from irbench.methods.cnn.detector import (
     FPN,
@@ -51,6 +51,7 @@ from irbench.methods.cnn.detector import (
     train_detector,
 )
 from irbench.methods.cnn.extract import Resize, autocast, prepare
+from irbench.methods.cnn.fcnn import checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -59,46 +60,37 @@ FUSIONS = ("concat", "mean", "max")
 
 @dataclass(frozen=True)
 class DrcnnConfig:
-    regions: int = param(1, "K: regions per image fused (the paper: 1..5; best K=2)")
-    fusion: str = param("concat", "concat | mean | max (Sec. 3.3)", choices=FUSIONS)
-    max_regions: int = param(5, "regions detected, described and cached per image (K <= it)")
+    regions: int = param(1, "K: regions per image fused (the paper: 1..5; best K=2)", minimum=1, stage=QUERY_STAGE)
+    fusion: str = param("concat", "concat | mean | max (Sec. 3.3)", choices=FUSIONS, stage=QUERY_STAGE)
+    max_regions: int = param(5, "regions detected, described and cached per image (K <= it)", minimum=1, stage="regions")
     padding: str = param("repeat_best", "fewer than K boxes: repeat_best | whole_image",
-                         choices=("repeat_best", "whole_image"))
+                         choices=("repeat_best", "whole_image"), stage="regions")
     query_regions: str = param("detect", "detect: queries go through the detector; box: "
-                                         "their given box", choices=("detect", "box"))
-    class_scores: bool = param(False, "N-class detector; append its class-score vector")
-    class_score_weight: float = param(1.0, "weight of the class-score vector")
+                                         "their given box", choices=("detect", "box"), stage="query_regions")
+    class_scores: bool = param(False, "N-class detector; append its class-score vector", stage="detector")
+    class_score_weight: float = param(1.0, "weight of the class-score vector", minimum=0.0, stage=QUERY_STAGE)
     backbone: str = param("vgg16", "detector backbone (the paper: VGG16), any registered "
-                                   "backbone or resnet50-fpn")
-    weights: str = param("imagenet", "detector backbone weights: imagenet | none | PATH")
+                                   "backbone or resnet50-fpn", stage="detector")
+    weights: str = param("imagenet", "detector backbone weights: imagenet | none | PATH", stage="detector")
     feature_backbone: str = param("", "region-feature network (empty: the detector's "
-                                      "backbone; the paper: ImageNet VGG16)")
-    feature_weights: str = param("imagenet", "region-feature weights: imagenet | none | PATH")
-    image_size: int = param(224, "regions resized to this square before FC7")
-    fc7_after_relu: bool = param(True, "FC7 after its ReLU")
-    min_size: int = param(600, "detector: shorter image side (py-faster-rcnn: 600)")
-    max_size: int = param(1000, "detector: longer image side cap (py-faster-rcnn: 1000)")
-    rpn_pre_nms_top_n_train: int = param(2000, "detector training: RPN proposals before NMS")
-    rpn_post_nms_top_n_train: int = param(2000, "detector training: proposals kept after NMS")
-    rpn_pre_nms_top_n_test: int = param(1000, "detection: RPN proposals before NMS")
-    rpn_post_nms_top_n_test: int = param(300, "detection: proposals kept (py-faster-rcnn: 300)")
-    box_batch_size_per_image: int = param(512, "detector training: RoIs sampled per image")
-    box_nms_thresh: float = param(0.3, "detection NMS IoU (py-faster-rcnn test: 0.3)")
-    detector_epochs: int = param(10, "detector fine-tuning passes over the train boxes")
-    detector_learning_rate: float = param(1e-3, "detector SGD learning rate")
+                                      "backbone; the paper: ImageNet VGG16)", stage="regions")
+    feature_weights: str = param("imagenet", "region-feature weights: imagenet | none | PATH", stage="regions")
+    image_size: int = param(224, "regions resized to this square before FC7", minimum=16, stage="regions")
+    fc7_after_relu: bool = param(True, "FC7 after its ReLU", stage="regions")
+    min_size: int = param(600, "detector: shorter image side (py-faster-rcnn: 600)", minimum=16, stage="detector")
+    max_size: int = param(1000, "detector: longer image side cap (py-faster-rcnn: 1000)", minimum=16, stage="detector")
+    rpn_pre_nms_top_n_train: int = param(2000, "detector training: RPN proposals before NMS", minimum=1, stage="detector")
+    rpn_post_nms_top_n_train: int = param(2000, "detector training: proposals kept after NMS", minimum=1, stage="detector")
+    rpn_pre_nms_top_n_test: int = param(1000, "detection: RPN proposals before NMS", minimum=1, stage="regions")
+    rpn_post_nms_top_n_test: int = param(300, "detection: proposals kept (py-faster-rcnn: 300)", minimum=1, stage="regions")
+    box_batch_size_per_image: int = param(512, "detector training: RoIs sampled per image", minimum=1, stage="detector")
+    box_nms_thresh: float = param(0.3, "detection NMS IoU (py-faster-rcnn test: 0.3)", minimum=0.0, maximum=1.0, stage="regions")
+    detector_epochs: int = param(10, "detector fine-tuning passes over the train boxes", minimum=0, stage="detector")
+    detector_learning_rate: float = param(1e-3, "detector SGD learning rate", minimum=0.0, stage="detector")
     frozen_stages: int = param(1, "backbone stages frozen (1: VGG16 conv1_1, conv1_2, as "
-                                  "the paper)")
-    precision: str = param("fp32", "region features: fp32 | bf16", choices=("fp32", "bf16"))
-    batch_size: int = param(20, "region crops per forward pass")
-
-
-DETECTOR_FIELDS = ("backbone", "weights", "class_scores", "min_size", "max_size",
-                   "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
-                   "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
-                   "box_batch_size_per_image", "box_nms_thresh", "detector_epochs",
-                   "detector_learning_rate", "frozen_stages")
-REGION_FIELDS = (*DETECTOR_FIELDS, "max_regions", "padding", "feature_backbone",
-                 "feature_weights", "image_size", "fc7_after_relu", "precision")
+                                  "the paper)", minimum=0, stage="detector")
+    precision: str = param("fp32", "region features: fp32 | bf16", choices=("fp32", "bf16"), stage="regions")
+    batch_size: int = param(20, "region crops per forward pass", minimum=1, stage=NO_STAGE)
 
 
 class DrcnnMethod(Method):
@@ -113,6 +105,13 @@ class DrcnnMethod(Method):
         "max_size": 160, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
         "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
         "box_batch_size_per_image": 32, "detector_epochs": 1}
+    stages: ClassVar[Mapping[str, Stage]] = {
+        "detector": Stage(seeded=True),
+        "regions": Stage(after=("detector",)),
+        "query_regions": Stage(after=("regions",)),
+    }
+    """The fine-tuned detector; the regions (boxes and features) of database images;
+    those of queries, which also depend on `query_regions`."""
 
     def __init__(self, config: Any = None, context: Any = None) -> None:
         super().__init__(config, context)
@@ -152,22 +151,20 @@ class DrcnnMethod(Method):
             raise ConfigError("class_scores=true needs a labelled train split (>= 2 classes)")
         class_of = {c: i + 1 for i, c in enumerate(self._classes)} if cfg.class_scores else {}
         s = self.settings()
-        key = {"train": self.images_key(boxed), "settings": asdict(s),
-               "classes": self._classes if cfg.class_scores else []}
-        cache = self.context.cache
-        checkpoint = (cache.root / "checkpoints" / "drcnn" / stable_hash(
-            {**key, "dataset": self.context.dataset_id, "seed": self.context.seed}) / "last.pt"
-            if cache.enabled else None)
+        inputs = {"train": self.context.identify(tuple(boxed)),
+                  "classes": self._classes if cfg.class_scores else []}
+        checkpoint = checkpoint_path(self, "detector", inputs)
 
         def compute() -> dict[str, Any]:
+            check_decodable(boxed, workers=self.context.workers)
             model, history = train_detector(s, boxed, class_of, seed=self.context.seed,
                                             device=self.context.device, checkpoint=checkpoint,
                                             progress=self.context.progress)
             return {**state_arrays(model), "history": history}
 
-        art = self.cached("detector", key, compute, fields=DETECTOR_FIELDS)
+        art = self.cached("detector", compute, inputs=inputs)
         self._detector_arrays = art  # the model is built only when a region is detected
-        self._detector_id = stable_hash(key)
+        self._detector_id = art.id
         if checkpoint is not None and checkpoint.is_file():
             checkpoint.unlink()
         self._info.update({"detector_backbone": cfg.backbone, "detector_train_images":
@@ -201,48 +198,56 @@ class DrcnnMethod(Method):
         return l2_normalize(f.float().cpu().numpy())
 
     def _regions_of(self, items: Sequence[Image | Query], role: str) -> list[dict[str, Any]]:
-        cfg = self.config
-        out = []
+        """The regions of every item; unreadable images are all reported at the end."""
+        out, unreadable = [], []
         for im in items:
-            box = im.crop_box if isinstance(im, Query) else None
-            image = read_image(im.path, box)
-            h, w = image.shape[:2]
-            if role == "queries" and cfg.query_regions == "box" and isinstance(im, Query) \
-                    and im.box is not None:
-                full = read_image(im.path)
-                image = full
-                boxes = np.repeat(np.asarray([im.box], np.float32), cfg.max_regions, axis=0)
-                scores = np.ones(cfg.max_regions, np.float32)
-                found = 1
-            else:
-                det = detect(self.detector(), image, cfg.max_regions, self.context.device)
-                found = len(det["boxes"])
-                boxes, scores = pad_regions(det["boxes"], det["scores"], cfg.max_regions,
-                                            cfg.padding, w, h)
-            feats = self._describe_regions(image, boxes)
-            item = {"features": feats[None], "boxes": boxes[None], "scores": scores[None],
-                    "found": np.asarray([found], np.int64)}
-            if cfg.class_scores:  # of the first box: the best detection, or the given box
-                item["class_scores"] = class_scores_of(self.detector(), image, boxes[:1],
-                                                       self.context.device)
-            out.append(item)
+            try:
+                out.append(self._regions_of_one(im, role))
+            except ImageReadError as exc:
+                unreadable.append(exc)
+        if unreadable:
+            raise BadImagesError.combine(unreadable)
         return out
+
+    def _regions_of_one(self, im: Image | Query, role: str) -> dict[str, Any]:
+        cfg = self.config
+        box = im.crop_box if isinstance(im, Query) else None
+        image = read_image(im.path, box)
+        h, w = image.shape[:2]
+        if role == "queries" and cfg.query_regions == "box" and isinstance(im, Query) \
+                and im.box is not None:
+            full = read_image(im.path)
+            image = full
+            boxes = np.repeat(np.asarray([im.box], np.float32), cfg.max_regions, axis=0)
+            scores = np.ones(cfg.max_regions, np.float32)
+            found = 1
+        else:
+            det = detect(self.detector(), image, cfg.max_regions, self.context.device)
+            found = len(det["boxes"])
+            boxes, scores = pad_regions(det["boxes"], det["scores"], cfg.max_regions,
+                                        cfg.padding, w, h)
+        feats = self._describe_regions(image, boxes)
+        item = {"features": feats[None], "boxes": boxes[None], "scores": scores[None],
+                "found": np.asarray([found], np.int64)}
+        if cfg.class_scores:  # of the first box: the best detection, or the given box
+            item["class_scores"] = class_scores_of(self.detector(), image, boxes[:1],
+                                                   self.context.device)
+        return item
 
     def regions(self, role: str, images: Sequence[Image | Query]) -> dict[str, np.ndarray]:
         """Per image: `max_regions` boxes, scores and L2-normalized region features
         (cached in shards; independent of `regions` and `fusion`)."""
         if self._detector_arrays is None:
             raise RuntimeError("drcnn: fit() trains the detector; call it before index()")
+        stage = "query_regions" if role == "queries" else "regions"
         parts = []
         for segment, start, stop in split_segments(images):
             part = tuple(images[start:stop])
-            key = {"detector": self._detector_id, "role": role,
-                   "query_regions": self.config.query_regions if role == "queries" else "",
-                   **self.images_key(part)}
             parts.append(self.cached_map(
-                "regions", key, part, lambda chunk, role=role: self._regions_of(chunk, role),
-                fields=REGION_FIELDS, dataset=None if segment is None else segment.name,
-                shard_size=256, description=f"drcnn: detect + describe regions ({role})"))
+                stage, part, lambda chunk, role=role: self._regions_of(chunk, role),
+                inputs={"detector": self._detector_id, "images": self.context.identify(part)},
+                shard_size=256, description=f"drcnn: detect + describe regions ({role})"
+                + ("" if segment is None else f" ({segment.name})")))
         names = [k for k in parts[0] if k != "offsets"]
         return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in names}
 

@@ -19,6 +19,7 @@ import torch
 
 from irbench.datasets.base import Box
 from irbench.datasets.images import read_image
+from irbench.errors import BadImagesError, ImageReadError
 from irbench.harness.progress import NULL_PROGRESS, Progress
 
 
@@ -65,24 +66,52 @@ def batches(items: Sequence[tuple[str, Box | None]], resize: Resize, *, batch_si
     come one by one. With workers > 1, images are decoded and resized by a pool of that
     many threads, up to four batches ahead of the consumer: OpenCV releases the GIL while
     it decodes and resizes, so this overlaps with the network's compute without the start
-    cost and pickling of worker processes."""
+    cost and pickling of worker processes.
+
+    An unreadable image is left out of its batch; once every readable one is yielded, one
+    `BadImagesError` lists them all. Other exceptions propagate at once."""
     data = ImageFiles(items, resize)
     size = batch_size if resize.mode == "square" else 1
     n = len(data)
+    unreadable: list[ImageReadError] = []
+
+    def readable(loaded: list[tuple[int, torch.Tensor] | ImageReadError]
+                 ) -> list[tuple[int, torch.Tensor]]:
+        unreadable.extend(s for s in loaded if isinstance(s, ImageReadError))
+        return [s for s in loaded if not isinstance(s, ImageReadError)]
+
     if workers <= 1:
         for start in range(0, n, size):
-            yield _collate([data[i] for i in range(start, min(n, start + size))])
-        return
-    ahead = 4 * size + workers
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        next_item = 0
-        while next_item < n or pending:
-            while next_item < n and len(pending) < ahead:
-                pending.append(pool.submit(data.__getitem__, next_item))
-                next_item += 1
-            take = min(size, len(pending))
-            yield _collate([pending.popleft().result() for _ in range(take)])
+            samples = readable([_load(data, i) for i in range(start, min(n, start + size))])
+            if samples:
+                yield _collate(samples)
+    else:
+        ahead = 4 * size + workers
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+            pending: deque = deque()
+            next_item = 0
+            try:
+                while next_item < n or pending:
+                    while next_item < n and len(pending) < ahead:
+                        pending.append(pool.submit(_load, data, next_item))
+                        next_item += 1
+                    take = min(size, len(pending))
+                    samples = readable([pending.popleft().result() for _ in range(take)])
+                    if samples:
+                        yield _collate(samples)
+            finally:  # stopped early (an error, Ctrl-C): decode nothing more
+                for future in pending:
+                    future.cancel()
+    if unreadable:
+        raise BadImagesError.combine(unreadable)
+
+
+def _load(data: ImageFiles, i: int) -> tuple[int, torch.Tensor] | ImageReadError:
+    """`data[i]`, or the ImageReadError it raised."""
+    try:
+        return data[i]
+    except ImageReadError as exc:
+        return exc
 
 
 def _collate(samples: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +139,8 @@ def extract(net: torch.nn.Module, describe: Callable[[torch.Tensor], torch.Tenso
             channels_last: bool = True, progress: Progress = NULL_PROGRESS,
             description: str = "CNN features") -> np.ndarray:
     """`describe(batch)` (float 0..255 NCHW on `device` -> (B, D)) for every item,
-    as float32 (n, D), in input order."""
+    as float32 (n, D), in input order. Unreadable images raise one `BadImagesError`
+    listing them all, after the readable ones are described."""
     dev = torch.device(device)
     out: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
     with progress.task(description, total=len(items)) as advance, torch.inference_mode():

@@ -21,10 +21,8 @@ the seed), so later runs and every pooling on top reuse them.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,10 +32,12 @@ import torch
 from torch import nn
 
 from irbench.datasets.base import Image
-from irbench.datasets.images import read_image
+from irbench.datasets.images import check_decodable, read_image
 from irbench.errors import ConfigError
-from irbench.harness.config import param, stable_hash
+from irbench.harness.cache import atomic_writer
+from irbench.harness.config import param
 from irbench.harness.progress import NULL_PROGRESS, Progress
+from irbench.methods.base import Stage
 from irbench.methods.cnn.backbones import BackboneNet, build_backbone, load_backbone
 from irbench.methods.cnn.cnn import CnnConfig, CnnMethod
 from irbench.methods.cnn.extract import prepare
@@ -47,23 +47,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FcnnConfig(CnnConfig):
-    epochs: int = param(10, "passes over the train split")
-    train_batch_size: int = param(16, "images per training step")
-    learning_rate: float = param(1e-3, "SGD learning rate of the pretrained layers")
-    head_learning_rate: float = param(1e-2, "SGD learning rate of the new classifier layer")
-    momentum: float = param(0.9, "SGD momentum")
-    weight_decay: float = param(5e-4, "SGD weight decay")
+    epochs: int = param(10, "passes over the train split", minimum=0, stage="finetune")
+    train_batch_size: int = param(16, "images per training step", minimum=1, stage="finetune")
+    learning_rate: float = param(1e-3, "SGD learning rate of the pretrained layers", minimum=0.0, stage="finetune")
+    head_learning_rate: float = param(1e-2, "SGD learning rate of the new classifier layer", minimum=0.0, stage="finetune")
+    momentum: float = param(0.9, "SGD momentum", minimum=0.0, stage="finetune")
+    weight_decay: float = param(5e-4, "SGD weight decay", minimum=0.0, stage="finetune")
     frozen_stages: int = param(1, "leading backbone stages left frozen (VGG16: 1 = "
-                                   "conv1_1 and conv1_2)")
-    train_on_boxes: bool = param(True, "crop train images to their boxes when they have one")
+                                   "conv1_1 and conv1_2)", minimum=0, stage="finetune")
+    train_on_boxes: bool = param(True, "crop train images to their boxes when they have one", stage="finetune")
     min_crop_area: float = param(0.6, "augmentation: random resized crop keeps at least "
-                                      "this share of the area (1 = no crop)")
-    flip: bool = param(True, "augmentation: random horizontal flip")
-
-
-TRAIN_FIELDS = ("backbone", "weights", "image_size", "epochs", "train_batch_size",
-                "learning_rate", "head_learning_rate", "momentum", "weight_decay",
-                "frozen_stages", "train_on_boxes", "min_crop_area", "flip")
+                                      "this share of the area (1 = no crop)", minimum=0.01, maximum=1.0, stage="finetune")
+    flip: bool = param(True, "augmentation: random horizontal flip", stage="finetune")
 
 
 class TrainImages(torch.utils.data.Dataset):
@@ -176,29 +171,41 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: Any, history: list[
 def resume(path: Path | None, model: nn.Module, optimizer: Any, schedule: Any = None, *,
            device: str = "cpu") -> tuple[list[dict[str, float]], int]:
     """Restore a checkpoint written by `save_checkpoint` if there is one: (history, epochs
-    done); ([], 0) without one."""
+    done); ([], 0) without one. A checkpoint that cannot be read or restored is deleted
+    with a warning naming it, and training starts over."""
     if path is None or not path.is_file():
         return [], 0
-    state = torch.load(path, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if schedule is not None and state.get("schedule") is not None:
-        schedule.load_state_dict(state["schedule"])
-    torch.set_rng_state(state["rng"])
-    log.info("resuming training from %s (after epoch %d)", path, state["epoch"])
-    return state["history"], state["epoch"]
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None and state.get("schedule") is not None:
+            schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        history, epoch = list(state["history"]), int(state["epoch"])
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint only costs the restart
+        log.warning("checkpoint %s is damaged (%s: %s); deleting it and training from the "
+                    "start", path, type(exc).__name__, exc)
+        path.unlink(missing_ok=True)
+        return [], 0
+    log.info("resuming training from %s (after epoch %d)", path, epoch)
+    return history, epoch
+
+
+def checkpoint_path(method: Any, stage: str, inputs: dict[str, Any]) -> Path | None:
+    """Where the training checkpoint of `method`'s `stage` for `inputs` lives: named by
+    the key of the artifact the training produces, so a checkpoint resumes only the
+    training it belongs to. None when the cache is disabled."""
+    cache = method.context.cache
+    if not cache.enabled:
+        return None
+    kind, key = method.stage_key(stage, inputs)
+    return cache.root / "checkpoints" / kind / cache.key_of(kind, key) / "last.pt"
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh:
+        torch.save(state, fh)
 
 
 class FcnnMethod(CnnMethod):
@@ -209,8 +216,20 @@ class FcnnMethod(CnnMethod):
     Config = FcnnConfig
     contract_overrides: ClassVar[dict[str, Any]] = {"backbone": "efficientnet-lite0",
                                                     "epochs": 1}
-    feature_fields: ClassVar[tuple[str, ...] | None] = (*CnnMethod.feature_fields,
-                                                        *TRAIN_FIELDS)
+    stages: ClassVar[Mapping[str, Stage]] = {
+        "network": Stage(),
+        "finetune": Stage(after=("network",), seeded=True),
+        "features": Stage(after=("finetune",)),
+    }
+
+    def __init__(self, config: Any = None, context: Any = None) -> None:
+        super().__init__(config, context)
+        self._network_id = ""
+
+    def feature_inputs(self) -> dict[str, Any]:
+        if not self._network_id:
+            raise RuntimeError("fcnn: fit() fine-tunes the network; call it before index()")
+        return {"network": self._network_id}
 
     def fit(self, train: Sequence[Image]) -> None:
         cfg = self.config
@@ -220,17 +239,12 @@ class FcnnMethod(CnnMethod):
             raise ConfigError(f"fcnn needs a train split with at least 2 labelled classes; "
                               f"this dataset has {len(labelled)} labelled train images in "
                               f"{len(classes)} class(es)")
-        key = {"train": self.images_key(labelled), "classes": classes}
-        ck_hash = stable_hash({"fields": {f.name: getattr(cfg, f.name) for f in fields(cfg)
-                                          if f.name in TRAIN_FIELDS},
-                               "dataset": self.context.dataset_id, "seed": self.context.seed,
-                               **key})
-        cache = self.context.cache
-        checkpoint = (cache.root / "checkpoints" / "fcnn" / ck_hash / "last.pt"
-                      if cache.enabled else None)
+        inputs = {"train": self.context.identify(tuple(labelled)), "classes": classes}
+        checkpoint = checkpoint_path(self, "finetune", inputs)
         history: list[dict[str, float]] = []
 
         def compute() -> dict[str, Any]:
+            check_decodable(labelled, workers=self.context.workers)
             net, hist = train_classifier(cfg, labelled, classes, seed=self.context.seed,
                                          device=self.context.device, checkpoint=checkpoint,
                                          progress=self.context.progress)
@@ -238,12 +252,13 @@ class FcnnMethod(CnnMethod):
             state = {f"w/{k}": v.detach().cpu().numpy() for k, v in net.state_dict().items()}
             return {**state, "history": hist, "classes": classes}
 
-        art = self.cached("finetuned", key, compute, fields=TRAIN_FIELDS)
+        art = self.cached("finetune", compute, inputs=inputs)
         net = build_backbone(cfg.backbone)
         net.replace_head(len(classes))
         net.load_state_dict({k[2:]: torch.from_numpy(np.asarray(v)) for k, v in art.items()
                              if k.startswith("w/")})
         self._net = prepare(net, self.context.device, cfg.channels_last)
+        self._network_id = art.id
         if checkpoint is not None and checkpoint.is_file():
             checkpoint.unlink()  # the finished weights are in the cache now
         self._info.update({"finetuned_classes": len(classes),

@@ -16,35 +16,34 @@ Deviations from the papers, all config fields: DoG instead of Hessian-affine reg
 RootSIFT on, vocabularies of at most 65,536 words by exact k-means (Philbin et al. use
 1M words by approximate k-means), a keypoint cap per image.
 
-Stages and their cache artifacts: `sift/features` (per image list, shared with every
-SIFT method), `bow/vocabulary` (per training image list), `bow/words-<role>` (the word
-of every feature, per image list and vocabulary).
+Stages and their cache artifacts, shared by every SIFT method whose fields agree:
+`sift/features` (per image list), `vocabulary` (per training image list) and `words`
+(the word of every feature, per image list and vocabulary); see `SIFT_STAGES`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError, IrbenchError
-from irbench.harness.config import stable_hash
-from irbench.methods.base import Method
+from irbench.methods.base import Method, Stage
 from irbench.methods.sift.invfile import TfIdfIndex
 from irbench.methods.sift.keypoints import (
-    SIFT_FIELDS,
+    SIFT_STAGE,
     Features,
     SiftOptions,
     descriptor_vectors,
     extract_features,
+    features_id,
     sift_params,
 )
 from irbench.methods.sift.vocabulary import (
-    VOCABULARY_FIELDS,
+    VOCABULARY_STAGE,
     Vocabulary,
     VocabularyOptions,
     resolve_vocabulary_size,
@@ -52,7 +51,15 @@ from irbench.methods.sift.vocabulary import (
     train_kmeans,
 )
 
-__all__ = ["BowConfig", "BowMethod", "SiftVocabularyMethod"]
+__all__ = ["BowConfig", "BowMethod", "SiftVocabularyMethod", "SIFT_STAGES"]
+
+SIFT_STAGES: dict[str, Stage] = {
+    SIFT_STAGE: Stage(shared=True),
+    VOCABULARY_STAGE: Stage(after=(SIFT_STAGE,), seeded=True, shared=True),
+    "words": Stage(after=(VOCABULARY_STAGE,), shared=True),
+}
+"""The cached stages of the vocabulary-based SIFT methods (extraction, vocabulary,
+quantization); `sift/features` is keyed by `keypoints.extract_features` itself."""
 
 
 @dataclass(frozen=True)
@@ -68,36 +75,34 @@ class SiftVocabularyMethod(Method):
     call `features`, `ensure_vocabulary` and `words`, and build their own index.
     """
 
-    vocabulary_fields: tuple[str, ...] = SIFT_FIELDS + VOCABULARY_FIELDS
-    """Config fields the vocabulary (and the quantized words) depend on."""
+    stages: ClassVar[Mapping[str, Stage]] = SIFT_STAGES
 
     def __init__(self, config: Any = None, context: Any = None) -> None:
         super().__init__(config, context)
         self._vocabulary: Vocabulary | None = None
         self._vocabulary_id: str = ""
-        self._vocabulary_training: tuple[Sequence[Image], str, str | None] | None = None
-        """(images, trained_on label, dataset id or None) of the current vocabulary."""
-        self._last_features: tuple[str, Features] | None = None
+        self._vocabulary_training: tuple[Sequence[Image], str] | None = None
+        """(images, trained_on label) of the current vocabulary."""
+        self._last_features: Features | None = None
 
     # -- features ---------------------------------------------------------------------
 
-    def features(self, role: str, images: Sequence[Image | Query], *,
-                 dataset_id: str | None = None) -> Features:
-        """SIFT features of `images` (queries on their crop box), cached under the run's
-        dataset id (or `dataset_id`, for another dataset's images). The latest list is
-        also kept in memory (vocabulary training and quantization of the database read
-        it back to back); `forget_features` drops it."""
-        digest = stable_hash(self.images_key(images))
-        if self._last_features is not None and self._last_features[0] == digest:
-            return self._last_features[1]
+    def features(self, role: str, images: Sequence[Image | Query]) -> Features:
+        """SIFT features of `images` (queries on their crop box), cached by content. The
+        latest list is also kept in memory (vocabulary training and quantization of the
+        database read it back to back); `forget_features` drops it."""
+        fid = self.features_id(images)
+        if self._last_features is not None and self._last_features.id == fid:
+            return self._last_features
         self._last_features = None
-        context = self.context
-        if dataset_id is not None and dataset_id != context.dataset_id:
-            context = dataclasses.replace(context, dataset_id=dataset_id)
-        feats = extract_features(images, sift_params(self.config), context,
+        feats = extract_features(images, sift_params(self.config), self.context,
                                  description=f"{self.name}: SIFT ({role})")
-        self._last_features = (digest, feats)
+        self._last_features = feats
         return feats
+
+    def features_id(self, images: Sequence[Image | Query]) -> str:
+        """The id of the SIFT extraction of `images`, without loading it."""
+        return features_id(images, sift_params(self.config), self.context)
 
     def forget_features(self) -> None:
         self._last_features = None
@@ -108,15 +113,13 @@ class SiftVocabularyMethod(Method):
 
     # -- vocabulary -------------------------------------------------------------------
 
-    def ensure_vocabulary(self, images: Sequence[Image], trained_on: str, *,
-                          dataset_id: str | None = None) -> Vocabulary:
+    def ensure_vocabulary(self, images: Sequence[Image], trained_on: str) -> Vocabulary:
         """Train (or load from the cache) the vocabulary on `images`' descriptors;
-        `dataset_id` names the dataset the images belong to when it is not the run's."""
+        `trained_on` says which images they are (for the run record)."""
         cfg = self.config
-        key = {"trained_on": trained_on, **self.images_key(images)}
 
         def compute() -> dict[str, Any]:
-            feats = self.features(trained_on, images, dataset_id=dataset_id)
+            feats = self.features(trained_on, images)
             idx = sample_indices(feats.n_features, cfg.max_training_descriptors,
                                  self.context.seed)
             size = resolve_vocabulary_size(cfg.vocabulary_size, len(idx))
@@ -128,11 +131,11 @@ class SiftVocabularyMethod(Method):
                     "n_available_descriptors": int(feats.n_features),
                     "n_training_descriptors": len(idx)}
 
-        art = self.cached("vocabulary", key, compute, fields=self.vocabulary_fields,
-                          dataset=dataset_id)
+        art = self.cached(VOCABULARY_STAGE, compute,
+                          inputs={"features": self.features_id(images)})
         self._vocabulary = Vocabulary(art["centroids"])
-        self._vocabulary_id = stable_hash({**key, "dataset": dataset_id})
-        self._vocabulary_training = (images, trained_on, dataset_id)
+        self._vocabulary_id = art.id
+        self._vocabulary_training = (images, trained_on)
         self._info.update({
             "vocabulary_trained_on": trained_on,
             "vocabulary_size": self._vocabulary.size,
@@ -155,8 +158,8 @@ class SiftVocabularyMethod(Method):
             words = vocab.quantize(feats.descriptors, prepare=self.vectors)
             return {"words": words, "offsets": feats.offsets}
 
-        key = {"vocabulary": self._vocabulary_id, **self.images_key(images)}
-        art = self.cached(f"words-{role}", key, compute, fields=self.vocabulary_fields)
+        art = self.cached("words", compute, inputs={"vocabulary": self._vocabulary_id,
+                                                    "features": self.features_id(images)})
         return np.asarray(art["words"], np.uint32), np.asarray(art["offsets"], np.int64)
 
     # -- the contract -----------------------------------------------------------------
@@ -176,7 +179,7 @@ class SiftVocabularyMethod(Method):
             self.ensure_vocabulary(train, "train")
         elif source != "database":
             images, dataset_id = self._independent_images(source)
-            self.ensure_vocabulary(images, dataset_id, dataset_id=dataset_id)
+            self.ensure_vocabulary(images, dataset_id)
             self._info["vocabulary_independent_set"] = source
         self.forget_features()
 

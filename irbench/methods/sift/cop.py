@@ -85,6 +85,7 @@ import numpy as np
 
 from irbench.errors import ConfigError
 from irbench.harness.config import param
+from irbench.methods.base import QUERY_STAGE
 from irbench.methods.sift.verification import Geometry, VerificationConfig, VerificationMethod
 
 __all__ = ["CopOptions", "check_cop_options", "cop_consistency", "consistent_group",
@@ -99,16 +100,16 @@ class CopOptions:
 
     sector_counts: tuple[int, ...] = param(
         (4, 8, 16), "K: sectors of each evenly sectored polar system, coarse to fine (the "
-                    "paper's 'coarse-to-fine family'; its values unconfirmed)")
+                    "paper's 'coarse-to-fine family'; its values unconfirmed)", stage=QUERY_STAGE)
     sector_quantization: str = param(
         "hard", "'hard': orientation/position agree when in the same sector; 'soft': "
                 "probability of that under a random turn of the sectors (no boundary effects)",
-        choices=("hard", "soft"))
+        choices=("hard", "soft"), stage=QUERY_STAGE)
     min_group_consistency: float = param(
         0.5, "beta: stop removing matches once each kept match's mean COP consistency c_ij "
-             "with the others is at least this (0..1)")
+             "with the others is at least this (0..1)", stage=QUERY_STAGE)
     min_group_size: int = param(
-        2, "keep no match when the consistent group has fewer matches than this (>= 2)")
+        2, "keep no match when the consistent group has fewer matches than this (>= 2)", stage=QUERY_STAGE)
 
 
 def check_cop_options(options: CopOptions) -> None:

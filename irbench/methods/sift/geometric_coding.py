@@ -93,6 +93,7 @@ import numpy as np
 
 from irbench.errors import ConfigError
 from irbench.harness.config import param
+from irbench.methods.base import QUERY_STAGE
 from irbench.methods.sift.verification import Geometry, VerificationConfig, VerificationMethod
 
 __all__ = [
@@ -111,16 +112,16 @@ class GeometricCodingOptions:
 
     square_scale_factor: float = param(
         2.0, "alpha: half side of the square around a feature = alpha x SIFT sigma "
-             "(sigma = OpenCV size / 2); paper value unconfirmed")
+             "(sigma = OpenCV size / 2); paper value unconfirmed", stage=QUERY_STAGE)
     square_count: int = param(
         1, "n: concentric squares per feature, half sides k x alpha x sigma, k = 1..n "
-           "(1 = the paper's S-map)")
+           "(1 = the paper's S-map)", stage=QUERY_STAGE)
     fan_rotations: int = param(
         1, "r: fan axes turned by k x 90/r degrees, k = 0..r-1, giving 4r fans coded by 2r "
-           "bits (1 = the paper's H-map and V-map, four quadrants)")
+           "bits (1 = the paper's H-map and V-map, four quadrants)", stage=QUERY_STAGE)
     max_inconsistency_fraction: float = param(
         0.0, "stop removing once no kept match disagrees with the other kept ones in more "
-             "than this fraction of their geo-map bits (paper: 0, every map consistent)")
+             "than this fraction of their geo-map bits (paper: 0, every map consistent)", stage=QUERY_STAGE)
 
 
 def check_geometric_coding_options(options: GeometricCodingOptions) -> None:

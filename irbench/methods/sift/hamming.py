@@ -57,9 +57,9 @@ and histograms `np.bincount`; there is no Python loop over postings (one over qu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -67,7 +67,8 @@ from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
 from irbench.harness.config import param
 from irbench.harness.search import topk_from_scores
-from irbench.methods.sift.bow import SiftVocabularyMethod
+from irbench.methods.base import QUERY_STAGE, Stage
+from irbench.methods.sift.bow import SIFT_STAGES, SiftVocabularyMethod
 from irbench.methods.sift.invfile import InvertedFile, bow_vectors
 from irbench.methods.sift.keypoints import SiftOptions
 from irbench.methods.sift.vocabulary import VocabularyOptions, sample_indices
@@ -88,42 +89,57 @@ ANGLE_LEVELS = 256
 SCALE_CODES_PER_OCTAVE = 16
 
 
+EMBEDDING_STAGE = "embedding"
+"""The cached stage of the Hamming embedding (projection and thresholds; seeded)."""
+
+HAMMING_STAGES: dict[str, Stage] = {
+    **SIFT_STAGES,
+    EMBEDDING_STAGE: Stage(after=("vocabulary",), seeded=True, shared=True),
+    "signatures": Stage(after=(EMBEDDING_STAGE,), shared=True),
+}
+"""The SIFT stages, then the embedding and the signatures of every feature."""
+
+
 @dataclass(frozen=True)
 class HammingOptions:
     """Config fields of Hamming embedding and weak geometric consistency."""
 
-    signature_bits: int = param(64, "d_b: bits of each binary signature, 1..64 (paper: 64)")
+    signature_bits: int = param(64, "d_b: bits of each binary signature, 1..64 (paper: 64)",
+                                minimum=1, maximum=64, stage=EMBEDDING_STAGE)
     hamming_threshold: int = param(
         22, "h_t: two descriptors of one visual word match when their signatures differ in "
-            "at most this many bits (paper, and Mei et al. 2018: 22 for 64 bits)")
+            "at most this many bits (paper, and Mei et al. 2018: 22 for 64 bits)",
+        minimum=0, maximum=64, stage=QUERY_STAGE)
     hamming_weighting: str = param(
         "none", "vote of a match: 'none' = idf^2 for every match within h_t (ECCV 2008); "
                 "'gaussian' = idf^2 * exp(-h^2/sigma^2) (Jegou et al. IJCV 2010)",
-        choices=("none", "gaussian"))
-    gaussian_sigma: float = param(16.0, "sigma of the Gaussian weighting (IJCV 2010: 16)")
+        choices=("none", "gaussian"), stage=QUERY_STAGE)
+    gaussian_sigma: float = param(16.0, "sigma of the Gaussian weighting (IJCV 2010: 16)",
+                                  stage=QUERY_STAGE)
     burstiness: bool = param(
         False, "divide each vote by sqrt(matches of its query feature in the image) and "
-               "sqrt(matches of its database feature in the query) (CVPR 2009, intra-image)")
+               "sqrt(matches of its database feature in the query) (CVPR 2009, intra-image)",
+        stage=QUERY_STAGE)
     min_median_samples: int = param(
         16, "a word with fewer training descriptors uses the median of all training "
-            "projections as its thresholds")
+            "projections as its thresholds", minimum=1, stage=EMBEDDING_STAGE)
     wgc: bool = param(True, "weak geometric consistency: score = min of the peaks of the "
-                            "angle- and log-scale-difference histograms (ECCV 2008, Sec. 4)")
-    angle_bins: int = param(8, "WGC orientation-difference histogram bins over 360 degrees")
-    scale_bins: int = param(8, "WGC log-scale-difference histogram bins")
-    scale_bin_octaves: float = param(0.5, "width of one log-scale bin, in octaves")
+                            "angle- and log-scale-difference histograms (ECCV 2008, Sec. 4)",
+                      stage=QUERY_STAGE)
+    angle_bins: int = param(8, "WGC orientation-difference histogram bins over 360 degrees",
+                            minimum=1, maximum=ANGLE_LEVELS, stage=QUERY_STAGE)
+    scale_bins: int = param(8, "WGC log-scale-difference histogram bins", minimum=1,
+                            stage=QUERY_STAGE)
+    scale_bin_octaves: float = param(0.5, "width of one log-scale bin, in octaves",
+                                     stage=QUERY_STAGE)
     histogram_smoothing: int = param(
         1, "moving-average window (bins) applied to the WGC histograms before taking "
-           "their peaks; 1 = none")
+           "their peaks; 1 = none", minimum=1, stage=QUERY_STAGE)
 
 
 @dataclass(frozen=True)
 class HeWgcConfig(HammingOptions, VocabularyOptions, SiftOptions):
     """HE+WGC: the SIFT fields, the vocabulary fields, then the Hamming / WGC fields."""
-
-
-HAMMING_FIELDS: tuple[str, ...] = ("signature_bits", "min_median_samples")
-"""Hamming fields the embedding (projection, thresholds, signatures) depends on."""
 
 
 def check_options(cfg: Any) -> None:
@@ -410,6 +426,8 @@ class HammingEmbeddingMixin(SiftVocabularyMethod):
     """Train / load the Hamming embedding of the current vocabulary, and compute the
     (signature, angle code, scale code) of every feature of an image list, cached."""
 
+    stages: ClassVar[Mapping[str, Stage]] = HAMMING_STAGES
+
     def __init__(self, config: Any = None, context: Any = None) -> None:
         super().__init__(config, context)
         check_options(self.config)
@@ -423,11 +441,11 @@ class HammingEmbeddingMixin(SiftVocabularyMethod):
         if self._vocabulary is None or self._vocabulary_training is None:
             raise RuntimeError(f"{self.name}: no vocabulary yet (call fit/index first)")
         cfg = self.config
-        images, trained_on, dataset_id = self._vocabulary_training
+        images, trained_on = self._vocabulary_training
         vocab = self._vocabulary
 
         def compute() -> dict[str, Any]:
-            feats = self.features(trained_on, images, dataset_id=dataset_id)
+            feats = self.features(trained_on, images)
             idx = sample_indices(feats.n_features, cfg.max_training_descriptors,
                                  self.context.seed)
             x = self.vectors(feats.descriptors[idx])
@@ -438,19 +456,19 @@ class HammingEmbeddingMixin(SiftVocabularyMethod):
             return {"projection": emb.projection, "thresholds": emb.thresholds,
                     "sparse_words": int((counts < cfg.min_median_samples).sum())}
 
-        key = {"vocabulary": self._vocabulary_id}
-        fields = self.vocabulary_fields + HAMMING_FIELDS
-        art = self.cached("embedding", key, compute, fields=fields, dataset=dataset_id)
+        art = self.cached(EMBEDDING_STAGE, compute,
+                          inputs={"vocabulary": self._vocabulary_id,
+                                  "features": self.features_id(images)})
         self._embedding = HammingEmbedding(np.asarray(art["projection"], np.float32),
                                            np.asarray(art["thresholds"], np.float32))
-        self._embedding_id = self._vocabulary_id + f"/he{cfg.signature_bits}" \
-            f"m{cfg.min_median_samples}"
+        self._embedding_id = art.id
         self._info["he_words_with_fallback_thresholds"] = int(art["sparse_words"])
         return self._embedding
 
     def embedded(self, role: str, images: Sequence[Image | Query], words: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(signatures uint64[F], angle codes uint8[F], scale codes uint8[F]), cached."""
+        """(signatures uint64[F], angle codes uint8[F], scale codes uint8[F]), cached;
+        `words` are the features' words under the current vocabulary (`words`)."""
         emb = self.ensure_embedding()
 
         def compute() -> dict[str, Any]:
@@ -459,9 +477,10 @@ class HammingEmbeddingMixin(SiftVocabularyMethod):
             return {"signatures": sig, "angles": angle_codes(feats.angle),
                     "scales": scale_codes(feats.scale)}
 
-        key = {"embedding": self._embedding_id, **self.images_key(images)}
-        fields = self.vocabulary_fields + HAMMING_FIELDS
-        art = self.cached(f"signatures-{role}", key, compute, fields=fields)
+        art = self.cached("signatures", compute,
+                          inputs={"embedding": self._embedding_id,
+                                  "vocabulary": self._vocabulary_id,
+                                  "features": self.features_id(images)})
         return (np.asarray(art["signatures"], np.uint64), np.asarray(art["angles"], np.uint8),
                 np.asarray(art["scales"], np.uint8))
 

@@ -2,8 +2,9 @@
 
 Every SIFT-based method (bag of words, Hamming embedding, spatial / geometric coding,
 COP) starts here, and they share one cached extraction per image list: the artifact
-kind is `sift/features` (not the method's name) and its key holds the SIFT options
-(`SiftOptions` fields), the dataset id and the image list's digest.
+kind is `sift/features` (not the method's name) and its key holds the extraction
+parameters (`SiftParams`: the config fields declaring stage `sift`), the content
+identity of the images (`RunContext.identify`) and the library versions.
 
 What is stored per image (concatenated over images; `offsets` int64[n+1] gives each
 image's rows, as `Cache.map_cached` lays it out):
@@ -48,20 +49,21 @@ from typing import Any
 import cv2
 import numpy as np
 
-from irbench.datasets.base import Box, Image, Query, image_list_digest, split_segments
+from irbench.datasets.base import Box, Image, Query, split_segments
 from irbench.datasets.images import crop, read_image
 from irbench.harness.cache import merge_artifacts
-from irbench.harness.config import param
+from irbench.harness.config import field_stage, param, stable_hash
 from irbench.harness.parallel import parallel_map
 
 __all__ = [
     "SiftOptions",
-    "SIFT_FIELDS",
+    "SIFT_STAGE",
     "SiftParams",
     "Features",
     "sift_params",
     "extract_image",
     "extract_features",
+    "features_id",
     "rootsift",
     "descriptor_vectors",
 ]
@@ -69,31 +71,36 @@ __all__ = [
 DESCRIPTOR_DIM = 128
 
 
+SIFT_STAGE = "sift"
+"""The cached stage of SIFT extraction (shared by every SIFT method)."""
+
+
 @dataclass(frozen=True)
 class SiftOptions:
-    """Config fields of SIFT extraction; method configs inherit them (see `bow.BowConfig`)."""
+    """Config fields of SIFT extraction; method configs inherit them (see `bow.BowConfig`).
+    The fields of stage `sift` are exactly the parameters of `SiftParams`."""
 
     max_keypoints: int = param(
         2000, "keep at most this many keypoints per image, strongest DoG response first "
-              "(0 = unlimited); bounds memory and index size on large images")
+              "(0 = unlimited); bounds memory and index size on large images",
+        minimum=0, stage=SIFT_STAGE)
     contrast_threshold: float = param(
-        0.04, "SIFT DoG contrast threshold (OpenCV's default; Lowe's 0.03 on its scale)")
-    edge_threshold: float = param(10.0, "SIFT edge-response threshold r (Lowe 2004: 10)")
-    sigma: float = param(1.6, "Gaussian sigma of the base octave (Lowe 2004: 1.6)")
-    n_octave_layers: int = param(3, "DoG layers per octave (Lowe 2004: 3)")
+        0.04, "SIFT DoG contrast threshold (OpenCV's default; Lowe's 0.03 on its scale)",
+        minimum=0.0, stage=SIFT_STAGE)
+    edge_threshold: float = param(10.0, "SIFT edge-response threshold r (Lowe 2004: 10)",
+                                  minimum=0.0, stage=SIFT_STAGE)
+    sigma: float = param(1.6, "Gaussian sigma of the base octave (Lowe 2004: 1.6)",
+                         minimum=0.01, stage=SIFT_STAGE)
+    n_octave_layers: int = param(3, "DoG layers per octave (Lowe 2004: 3)", minimum=1,
+                                 stage=SIFT_STAGE)
     max_image_side: int = param(
         1024, "downscale images whose longer side exceeds this before detection (0 = never); "
-              "coordinates are reported in the original pixel frame")
+              "coordinates are reported in the original pixel frame", minimum=0,
+        stage=SIFT_STAGE)
     rootsift: bool = param(
         True, "use RootSIFT (L1-normalize then square-root; Arandjelovic & Zisserman 2012) "
-              "instead of raw SIFT for vocabulary training and quantization")
-
-
-SIFT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SiftOptions))
-"""Names of the SIFT config fields."""
-
-EXTRACTION_FIELDS: tuple[str, ...] = tuple(f for f in SIFT_FIELDS if f != "rootsift")
-"""The fields the stored extraction depends on (RootSIFT is applied when descriptors are used)."""
+              "instead of raw SIFT for vocabulary training and quantization",
+        stage="vocabulary")
 
 
 @dataclass(frozen=True)
@@ -112,8 +119,10 @@ class SiftParams:
 
 
 def sift_params(config: Any) -> SiftParams:
-    """The `SiftParams` of a config that has the `SiftOptions` fields."""
-    return SiftParams(**{name: getattr(config, name) for name in EXTRACTION_FIELDS})
+    """The `SiftParams` of a config: its fields declaring stage `sift` (a test checks
+    they are exactly `SiftParams`' parameters)."""
+    return SiftParams(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                         if field_stage(f) == SIFT_STAGE})
 
 
 # -- descriptors ----------------------------------------------------------------------
@@ -227,7 +236,8 @@ def _worker(task: tuple[str, Box | None, SiftParams]) -> dict[str, np.ndarray]:
 
 @dataclass
 class Features:
-    """SIFT features of an image list: per-feature arrays and per-image `offsets`."""
+    """SIFT features of an image list: per-feature arrays and per-image `offsets`; `id`
+    names the cached extraction (`features_id`)."""
 
     offsets: np.ndarray
     descriptors: np.ndarray
@@ -236,15 +246,16 @@ class Features:
     scale: np.ndarray
     angle: np.ndarray
     response: np.ndarray
+    id: str = ""
 
     @classmethod
-    def from_artifact(cls, art: dict[str, Any]) -> Features:
+    def from_artifact(cls, art: dict[str, Any], id: str = "") -> Features:
         # An empty image list stores only `offsets`: fall back to empty columns.
         get = {k: art.get(k, v) for k, v in _EMPTY.items()}
         return cls(offsets=np.asarray(art["offsets"], np.int64),
                    descriptors=np.asarray(get["descriptors"], np.uint8).reshape(-1, DESCRIPTOR_DIM),
                    **{k: np.asarray(get[k], np.float32) for k in ("x", "y", "scale", "angle",
-                                                                   "response")})
+                                                                   "response")}, id=id)
 
     @property
     def n_images(self) -> int:
@@ -272,11 +283,30 @@ def _crop_box_of(item: Image | Query) -> Box | None:
     return item.crop_box if isinstance(item, Query) else None
 
 
-def features_key(images: Sequence[Image | Query], params: SiftParams,
-                 dataset_id: str) -> dict[str, Any]:
-    """The cache key of an extraction: SIFT parameters, dataset id, image-list digest."""
-    return {"sift": params.to_dict(), "dataset": dataset_id,
-            "images": image_list_digest(images), "count": len(images)}
+FEATURES_KIND = "sift/features"
+
+
+def _parts(images: Sequence[Image | Query], params: SiftParams, context: Any
+           ) -> list[tuple[Any, list[Image | Query], dict[str, Any]]]:
+    """(segment or None, images, cache key) of each cached part of an image list: its
+    shared segments (distractors, cached once for every base dataset) and the rest."""
+    from irbench.methods.base import library_versions
+
+    out = []
+    for segment, start, stop in split_segments(images):
+        part = tuple(images[start:stop])
+        key = {"sift": params.to_dict(), "images": context.identify(part),
+               "libraries": library_versions()}
+        out.append((segment, part, key))
+    return out
+
+
+def features_id(images: Sequence[Image | Query], params: SiftParams, context: Any) -> str:
+    """The id of the extraction of `images` (what later stages put in their keys),
+    known without computing or loading it."""
+    ids = [context.cache.key_of(FEATURES_KIND, key) for _, _, key in
+           _parts(images, params, context)]
+    return ids[0] if len(ids) == 1 else stable_hash(ids)
 
 
 def extract_features(images: Sequence[Image | Query], params: SiftParams, context: Any, *,
@@ -284,20 +314,19 @@ def extract_features(images: Sequence[Image | Query], params: SiftParams, contex
     """SIFT features of `images` (queries described on their `crop_box`), computed in
     `context.workers` processes, cached (resumably, in shards) under `sift/features`.
 
-    An image that cannot be read raises `ImageReadError` naming the file; an image with
-    no keypoints gets zero rows.
+    Unreadable images raise one `BadImagesError` listing them all; an image with no
+    keypoints gets zero rows.
     """
     def compute_chunk(chunk: Sequence[Image | Query]) -> list[dict[str, np.ndarray]]:
         tasks = [(str(im.path), _crop_box_of(im), params) for im in chunk]
         return parallel_map(_worker, tasks, workers=context.workers, chunksize=8)
 
-    parts = []
-    for segment, start, stop in split_segments(images):  # shared distractors: cached once
-        part = list(images[start:stop])
-        owner = context.dataset_id if segment is None else segment.name
-        parts.append(context.cache.map_cached(
-            "sift/features", features_key(part, params, owner), part,
-            compute_chunk, shard_size=shard_size, progress=context.progress,
+    arts = []
+    for segment, part, key in _parts(images, params, context):
+        arts.append(context.cache.map_cached(
+            FEATURES_KIND, key, part, compute_chunk, shard_size=shard_size,
+            progress=context.progress,
             description=description if segment is None else f"{description} ({segment.name})"))
-    art = parts[0] if len(parts) == 1 else merge_artifacts(parts)
-    return Features.from_artifact(art)
+    art = arts[0] if len(arts) == 1 else merge_artifacts(arts)
+    ids = [a.id for a in arts]
+    return Features.from_artifact(art, ids[0] if len(ids) == 1 else stable_hash(ids))

@@ -96,6 +96,7 @@ import numpy as np
 
 from irbench.errors import ConfigError
 from irbench.harness.config import param
+from irbench.methods.base import QUERY_STAGE
 from irbench.methods.sift.verification import Geometry, VerificationConfig, VerificationMethod
 
 __all__ = ["SpatialCodingOptions", "spatial_coding_single", "spatial_coding_inliers"]
@@ -116,12 +117,12 @@ class SpatialCodingOptions:
 
     frames: int = param(
         2, "r: rotated coordinate frames of the generalized spatial maps GX/GY (frame k "
-           "turned by k*90/r degrees); 1 = plain X-map/Y-map")
+           "turned by k*90/r degrees); 1 = plain X-map/Y-map", stage=QUERY_STAGE)
     query_rotations: int = param(
         20, "verify the query keypoint coordinates turned this many times (by multiples of "
-            "query_rotation_step) and keep the best; 1 = no rotation")
+            "query_rotation_step) and keep the best; 1 = no rotation", stage=QUERY_STAGE)
     query_rotation_step: float = param(
-        18.0, "degrees between successive query rotations (20 x 18 covers the full circle)")
+        18.0, "degrees between successive query rotations (20 x 18 covers the full circle)", stage=QUERY_STAGE)
 
     def __post_init__(self) -> None:
         if int(self.frames) != self.frames or not 1 <= self.frames <= MAX_FRAMES:

@@ -45,6 +45,7 @@ from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
 from irbench.harness.config import param
 from irbench.harness.search import topk_from_scores
+from irbench.methods.base import QUERY_STAGE
 from irbench.methods.sift.hamming import (
     HammingEmbeddingMixin,
     HammingIndex,
@@ -72,20 +73,20 @@ class VerificationOptions:
 
     shortlist: int = param(
         1000, "re-rank the top this many images of the first stage; the rest keep their "
-              "first-stage order below them")
+              "first-stage order below them", minimum=1, stage=QUERY_STAGE)
     first_stage: str = param(
         "bow", "ranking whose shortlist is verified: 'bow' (tf-idf) or 'he-wgc' (uses the "
-               "Hamming / WGC fields)", choices=("bow", "he-wgc"))
+               "Hamming / WGC fields)", choices=("bow", "he-wgc"), stage=QUERY_STAGE)
     max_pairs_per_word: int = param(
         16, "a visual word giving more tentative matches than this (occurrences in the "
-            "query x in the image) gives none")
+            "query x in the image) gives none", minimum=1, stage=QUERY_STAGE)
     max_matches: int = param(
         1000, "verify at most this many tentative matches per image pair (those of the "
-              "least repeated words first)")
+              "least repeated words first)", minimum=1, stage=QUERY_STAGE)
     match_hamming_threshold: int = param(
         64, "keep only tentative matches whose Hamming-embedding signatures (the HE fields) "
             "differ in at most this many bits; >= signature_bits = no filter (the papers: "
-            "every pair sharing a visual word)")
+            "every pair sharing a visual word)", minimum=0, stage=QUERY_STAGE)
 
 
 @dataclass(frozen=True)

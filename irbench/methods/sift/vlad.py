@@ -46,18 +46,18 @@ Open choices and their defaults (config fields):
       tie rule) and as a database image it scores 0, below positive and above negative
       cosines.
 
-Stages and their cache artifacts: `sift/features` (shared with every SIFT method),
-`vlad-intra/vocabulary`, `vlad-intra/words-<role>` (quantization, reused when only the
-normalization changes) and `vlad-intra/vlad-<role>` (the final vectors, keyed by the
-vocabulary id, the image list and the normalization fields).
+Stages and their cache artifacts: `sift/features`, `vocabulary` and `words` (shared with
+every SIFT method whose fields agree; quantization is reused when only the normalization
+changes) and `vlad-intra/vlad` (the final vectors, keyed by the vocabulary id, the
+features' id and the normalization fields).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -65,7 +65,8 @@ from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
 from irbench.harness.config import param
 from irbench.harness.search import l2_normalize, search
-from irbench.methods.sift.bow import SiftVocabularyMethod
+from irbench.methods.base import Stage
+from irbench.methods.sift.bow import SIFT_STAGES, SiftVocabularyMethod
 from irbench.methods.sift.keypoints import SiftOptions
 from irbench.methods.sift.vocabulary import VocabularyOptions
 
@@ -74,7 +75,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "VladConfig",
     "VladIntraMethod",
-    "VLAD_FIELDS",
     "aggregate_residuals",
     "normalize_vlad",
     "vlad_encode",
@@ -90,17 +90,15 @@ class VladConfig(VocabularyOptions, SiftOptions):
 
     vocabulary_size: int = param(
         256, "number of VLAD centroids k (vector dimension 128 k); All about VLAD's "
-             "mid-dimensional results: 256; 0 = the automatic BoW size (too large for VLAD)")
+             "mid-dimensional results: 256; 0 = the automatic BoW size (too large for VLAD)",
+        minimum=0, stage="vocabulary")
     intra_normalization: bool = param(
         True, "L2-normalize each centroid's residual block before the global L2 "
-              "(Arandjelovic & Zisserman 2013)")
+              "(Arandjelovic & Zisserman 2013)", stage="vlad")
     power_normalization: float = param(
         0.5, "exponent alpha of sign(v)|v|^alpha applied to the residual sums before intra- "
-             "and global normalization (0.5: signed square root, Jegou et al. 2012; 1: off)")
-
-
-VLAD_FIELDS: tuple[str, ...] = ("intra_normalization", "power_normalization")
-"""Config fields of the encoding on top of the vocabulary."""
+             "and global normalization (0.5: signed square root, Jegou et al. 2012; 1: off)",
+        stage="vlad")
 
 
 # -- the encoding -------------------------------------------------------------------------
@@ -190,8 +188,8 @@ class VladIntraMethod(SiftVocabularyMethod):
     description = "VLAD of RootSIFT, signed-square-root and intra-normalized, cosine search"
     Config = VladConfig
 
-    encoding_fields: tuple[str, ...] = SiftVocabularyMethod.vocabulary_fields + VLAD_FIELDS
-    """Config fields the VLAD vectors depend on."""
+    stages: ClassVar[Mapping[str, Stage]] = {**SIFT_STAGES,
+                                             "vlad": Stage(after=("vocabulary",))}
     batch_features: int = 262_144
     """Features encoded per batch (bounds the float32 residual copies)."""
     batch_bytes: int = 256 << 20
@@ -227,8 +225,8 @@ class VladIntraMethod(SiftVocabularyMethod):
             log.info("%s: %d %s VLAD vectors of dimension %d", self.name, n, role, dim)
             return {"vlad": out, "counts": np.diff(offsets)}
 
-        key = {"vocabulary": self._vocabulary_id, **self.images_key(images)}
-        art = self.cached(f"vlad-{role}", key, compute, fields=self.encoding_fields)
+        art = self.cached("vlad", compute, inputs={"vocabulary": self._vocabulary_id,
+                                                   "features": self.features_id(images)})
         vlad = np.asarray(art["vlad"], np.float32).reshape(len(images), -1)
         counts = np.asarray(art["counts"], np.int64)
         empty = int((counts == 0).sum())

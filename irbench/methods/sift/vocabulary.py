@@ -22,7 +22,6 @@ sizes a CPU run affords).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "VocabularyOptions",
-    "VOCABULARY_FIELDS",
+    "VOCABULARY_STAGE",
     "AUTO_MIN",
     "AUTO_MAX",
     "POINTS_PER_WORD",
@@ -52,25 +51,29 @@ AUTO_MAX = 65536
 POINTS_PER_WORD = 40
 
 
+VOCABULARY_STAGE = "vocabulary"
+"""The cached stage of vocabulary training (after SIFT extraction; seeded)."""
+
+
 @dataclass(frozen=True)
 class VocabularyOptions:
     """Config fields of the visual vocabulary; method configs inherit them."""
 
     vocabulary_size: int = param(
         0, "number of visual words; 0 = auto: the largest power of two <= training "
-           "descriptors / 40, clamped to [256, 65536] (and to the descriptor count)")
-    kmeans_iterations: int = param(20, "k-means (Lloyd) iterations of vocabulary training")
+           "descriptors / 40, clamped to [256, 65536] (and to the descriptor count)",
+        minimum=0, stage=VOCABULARY_STAGE)
+    kmeans_iterations: int = param(20, "k-means (Lloyd) iterations of vocabulary training",
+                                   minimum=1, stage=VOCABULARY_STAGE)
     max_training_descriptors: int = param(
         500_000, "train the vocabulary on a seeded random subsample of at most this many "
-                 "descriptors (0 = all); bounds k-means time on CPU")
+                 "descriptors (0 = all); bounds k-means time on CPU", minimum=0,
+        stage=VOCABULARY_STAGE)
     vocabulary_source: str = param(
         "auto", "images the vocabulary is trained on: 'auto' = the dataset's customary "
                 "independent set if it declares one (Paris for Oxford and vice versa), else "
                 "its train split, else its database; or 'train', 'database', or the name "
-                "of a registered dataset whose database is used")
-
-
-VOCABULARY_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(VocabularyOptions))
+                "of a registered dataset whose database is used", stage=VOCABULARY_STAGE)
 
 
 def auto_vocabulary_size(n_descriptors: int) -> int:
