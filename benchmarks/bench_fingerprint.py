@@ -9,7 +9,8 @@ Compares, in one run on the same files:
              last 64 KiB, recomputed on every run
   ids only   what the identity used to cover (ids, boxes, labels; no file is touched)
 
-The files are random bytes behind a JPEG header, of a size like R1M's or Oxford's
+The files are random scan data between a JPEG's start and end markers, of a size like
+R1M's or Oxford's
 (`--kib`, default 120), written to a temporary folder just before: the page cache is
 warm, so the hashing runs read from memory (a cold disk adds its read time to `first`,
 `verify` and `head+tail` alike, and nothing to `memo`). Medians of `--repeats` runs.
@@ -37,6 +38,10 @@ from irbench.datasets.signature import ImageSigner
 HEAD_TAIL = 64 << 10
 
 
+SCAN_HEADER = b"\xff\xd8" + b"\xff\xda\x00\x0c" + bytes(10)
+"""Start of image, then a start-of-scan segment: the structure the signer checks."""
+
+
 def make_files(folder: Path, n: int, kib: int, seed: int = 0) -> list[Image]:
     rng = np.random.default_rng(seed)
     images = []
@@ -44,7 +49,8 @@ def make_files(folder: Path, n: int, kib: int, seed: int = 0) -> list[Image]:
         size = int(rng.integers(kib * 512, kib * 1536))  # kib on average, +-50 %
         path = folder / f"{i // 1000:02d}" / f"{i:06d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\xff\xd8\xff\xe0" + rng.bytes(size - 6) + b"\xff\xd9")
+        scan = rng.bytes(size - len(SCAN_HEADER) - 2).replace(b"\xff", b"\xfe")
+        path.write_bytes(SCAN_HEADER + scan + b"\xff\xd9")
         images.append(Image(id=f"{i:06d}", path=path, label=str(i % 100)))
     return images
 

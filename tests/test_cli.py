@@ -56,7 +56,7 @@ def test_run_then_leaderboard(tmp_path):
     out = invoke("leaderboard", "--results-dir", str(tmp_path / "r"), "--format", "csv")
     assert out.exit_code == 0
     lines = out.output.splitlines()
-    assert lines[0].startswith("method,config,run,kind,tiny")
+    assert lines[0].startswith("method,config,kind,tiny")
     assert sum(line.startswith("mean-color") for line in lines) == 3
     assert "reported" in out.output
     out = invoke("leaderboard", "--results-dir", str(tmp_path / "r"), "-d", "tiny")

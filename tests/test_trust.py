@@ -316,9 +316,9 @@ def test_records_of_different_runs_never_overwrite_each_other(tmp_path):
     table = lb.overview(records, reported=False)
     columns = [c for c in table.columns if c.startswith("folder:base")]
     assert len(columns) == 2 and all("@" in c for c in columns)
-    labels = {row[2] for row in table.rows}
+    labels = {row[table.columns.index("run")] for row in table.rows}
     assert {"", "seed=1", "search=faiss", "seed=1, search=faiss", "top-2"} <= labels
-    cells = [c for row in table.rows for c in row[4:] if c]
+    cells = [c for row in table.rows for c in row[table.columns.index("kind") + 1:] if c]
     assert len(cells) == 9  # one cell per run: nothing averaged or overwritten
     assert any(n.startswith(columns[0]) for n in table.notes)
 
@@ -330,7 +330,7 @@ def test_precision_beyond_the_ranking_depth_is_not_reported(tmp_path):
     assert m["precision_at"]["3"] is None and m["precision_at"]["1"] is not None
     table = lb.detail([shallow], "tiny")
     row = table.rows[0]
-    assert row[table.columns.index("mP@3")] == "—" and row[2] == "top-2"
+    assert row[table.columns.index("mP@3")] == "—" and row[table.columns.index("run")] == "top-2"
 
 
 def test_a_record_of_changed_method_code_is_stale(tmp_path):
@@ -342,7 +342,8 @@ def test_a_record_of_changed_method_code_is_stale(tmp_path):
     assert lb.kind_label(record, {"mean-color": record.method_code}) == "measured"
     assert lb.kind_label(record, {"mean-color": "0" * 64}) == "stale"
     table = lb.overview([record], reported=False, current_code={"mean-color": "0" * 64})
-    assert table.rows[0][3] == "stale" and any("stale" in n for n in table.notes)
+    assert table.rows[0][table.columns.index("kind")] == "stale"
+    assert any("stale" in n for n in table.notes)
 
 
 def test_leaderboard_skips_unreadable_records_with_a_warning(tmp_path):
@@ -469,3 +470,22 @@ def test_two_people_sharing_a_cache_and_results_folder(tmp_path):
     assert again.returncode == 0 and "all" in again.stdout, again.stdout + again.stderr
     first = next(r for r in records if r.seed == 0)
     assert f"{100 * _map(first):.2f}" in again.stdout
+
+
+@pytest.mark.slow
+def test_fcnn_features_follow_the_fine_tuned_network(tmp_path):
+    """F-CNN on two manifests of one name and version over one database whose train
+    splits differ: the second fine-tunes its own network and describes the database with
+    it (before, it reused the first network's features)."""
+    m1 = make_manifest(tmp_path / "d", train_classes=(0, 1))
+    m2 = make_manifest(tmp_path / "d", train_classes=(2, 3), filename="tiny2.json")
+    config = {"backbone": "efficientnet-lite0", "epochs": 1, "image_size": 64,
+              "train_batch_size": 4}
+    run("fcnn", f"manifest:{m1}", options(tmp_path), config)
+    second = run("fcnn", f"manifest:{m2}", options(tmp_path), config)
+    events = [(e["kind"], e["hit"]) for e in second.cache_events]
+    assert ("fcnn/finetune", False) in events
+    assert ("fcnn/features", True) not in events
+    fresh_run = run("fcnn", f"manifest:{m2}", RunOptions(
+        cache_dir=tmp_path / "fresh", results_dir=None, workers=1), config)
+    assert second.metrics == fresh_run.metrics

@@ -67,8 +67,9 @@ def current_code(records: list) -> dict[str, str]:
 
 def to_rich(table: lb.Table) -> RichTable:
     out = RichTable(title=table.title, caption="\n".join(table.notes) or None)
+    labels = table.columns.index("kind") + 1  # method, config, [run], kind: text
     for i, col in enumerate(table.columns):
-        out.add_column(col, justify="left" if i < 4 else "right")
+        out.add_column(col, justify="left" if i < labels else "right")
     for i, row in enumerate(table.rows):
         out.add_row(*row, style="italic dim" if i in table.reported_rows else None)
     return out

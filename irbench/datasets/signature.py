@@ -84,8 +84,9 @@ def _jpeg_truncated(data: bytes) -> bool:
             pos += 2
             continue
         length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        if marker == 0xDA:  # start of scan
-            return data.find(b"\xff\xd9", pos + 2 + length) < 0
+        if marker == 0xDA:  # start of scan: is there an end marker after it? (searched
+            # from the end, where it normally is: fast)
+            return data.rfind(b"\xff\xd9", pos + 2 + length) < 0
         pos += 2 + length
     return True
 

@@ -147,6 +147,19 @@ class Cache:
     def path_for(self, kind: str, key_hash: str) -> Path:
         return self.root / "artifacts" / kind.replace("/", os.sep) / key_hash[:2] / key_hash
 
+    def _reuse(self, kind: str, key_hash: str, start: float) -> Artifact | None:
+        """The stored artifact (event recorded), or None: disabled, overwrite, absent or
+        damaged (then deleted, see `read_artifact`)."""
+        if not self.enabled or self.overwrite:
+            return None
+        path = self.path_for(kind, key_hash)
+        found = read_artifact(path, key_hash)
+        if found is not None:
+            log.info("reusing cached %s (%s)", kind, key_hash[:12])
+            self.events.append(CacheEvent(kind, key_hash, True, _size(path),
+                                          time.perf_counter() - start))
+        return found
+
     # -- single artifacts ------------------------------------------------------------
 
     def load_or_compute(self, kind: str, key: Mapping[str, Any],
@@ -155,13 +168,9 @@ class Cache:
         key_hash = self.key_of(kind, key)
         start = time.perf_counter()
         path = self.path_for(kind, key_hash)
-        if self.enabled and not self.overwrite:
-            found = read_artifact(path, key_hash)
-            if found is not None:
-                log.info("reusing cached %s (%s)", kind, key_hash[:12])
-                self.events.append(CacheEvent(kind, key_hash, True, _size(path),
-                                              time.perf_counter() - start))
-                return found
+        found = self._reuse(kind, key_hash, start)
+        if found is not None:
+            return found
         artifact = Artifact(compute(), key_hash)
         nbytes = 0
         if self.enabled:
@@ -196,13 +205,9 @@ class Cache:
         key_hash = self.key_of(kind, key)
         start = time.perf_counter()
         final_path = self.path_for(kind, key_hash)
-        if self.enabled and not self.overwrite:
-            found = read_artifact(final_path, key_hash)
-            if found is not None:
-                log.info("reusing cached %s (%s)", kind, key_hash[:12])
-                self.events.append(CacheEvent(kind, key_hash, True, _size(final_path),
-                                              time.perf_counter() - start))
-                return found
+        found = self._reuse(kind, key_hash, start)
+        if found is not None:
+            return found
         n = len(items)
         shard_dir = final_path.parent / f"{key_hash}.shards"
         shards: list[dict[str, np.ndarray]] = []

@@ -30,7 +30,7 @@ import numpy as np
 from irbench.datasets.base import Image, Query, split_segments
 from irbench.datasets.signature import ImageSigner
 from irbench.harness.cache import Artifact, Cache, default_cache_dir
-from irbench.harness.config import ANY_STAGE, config_to_dict, field_stage
+from irbench.harness.config import ANY_STAGE, check_fields, config_to_dict, field_stage
 from irbench.harness.parallel import default_workers
 from irbench.harness.progress import NULL_PROGRESS, Progress
 
@@ -136,8 +136,6 @@ class Method:
     empty: the defaults are tested."""
 
     def __init__(self, config: Any = None, context: RunContext | None = None) -> None:
-        from irbench.harness.config import check_fields
-
         self.config = config if config is not None else self.Config()
         if not isinstance(self.config, self.Config):
             raise TypeError(f"{self.name}: config must be a {self.Config.__qualname__}, got "

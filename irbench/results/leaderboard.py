@@ -130,6 +130,18 @@ def dataset_columns(records: list[RunRecord]) -> dict[str, str]:
     return out
 
 
+def _drop_empty_column(table: Table, name: str) -> Table:
+    """Remove column `name` when no row has a value in it (the `run` column of runs that
+    all used the default options)."""
+    i = table.columns.index(name)
+    if any(row[i] for row in table.rows):
+        return table
+    table.columns.pop(i)
+    for row in table.rows:
+        row.pop(i)
+    return table
+
+
 def _column(dataset: str, setting: str) -> str:
     return f"{dataset}/{setting}" if setting else dataset
 
@@ -193,7 +205,7 @@ def overview(records: list[RunRecord], *, reported: bool = True,
     if any("stale" in kind_label(r, current_code) for r in records):
         table.notes.append("kind 'stale': the method's code has changed since the run; "
                            "rerun it for a current number")
-    return table
+    return _drop_empty_column(table, "run")
 
 
 def matches_dataset(record: RunRecord, dataset: str) -> bool:
@@ -281,7 +293,7 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
     if any("stale" in kind_label(r, current_code) for r in records):
         table.notes.append("kind 'stale': the method's code has changed since the run; "
                            "rerun it for a current number")
-    return table
+    return _drop_empty_column(table, "run")
 
 
 def to_markdown(table: Table) -> str:
