@@ -142,6 +142,18 @@ def _drop_empty_column(table: Table, name: str) -> Table:
     return table
 
 
+def _finish(table: Table, records: list[RunRecord], current_code: Mapping[str, str] | None,
+            reported: bool) -> Table:
+    """The notes on kinds a table shows, and no empty `run` column."""
+    if reported:
+        table.notes.append(f"rows of kind 'reported' are numbers printed in {PAPER}, "
+                           "not measured here")
+    if any("stale" in kind_label(r, current_code) for r in records):
+        table.notes.append("kind 'stale': the method's code has changed since the run; "
+                           "rerun it for a current number")
+    return _drop_empty_column(table, "run")
+
+
 def _column(dataset: str, setting: str) -> str:
     return f"{dataset}/{setting}" if setting else dataset
 
@@ -199,13 +211,7 @@ def overview(records: list[RunRecord], *, reported: bool = True,
     if any(run_label(r) for r in records):
         table.notes.append("run: the options that differ from a default run (seed, search "
                            "backend, top-k = ranking depth below the database size)")
-    if reported:
-        table.notes.append(f"rows of kind 'reported' are numbers printed in {PAPER}, "
-                           "not measured here")
-    if any("stale" in kind_label(r, current_code) for r in records):
-        table.notes.append("kind 'stale': the method's code has changed since the run; "
-                           "rerun it for a current number")
-    return _drop_empty_column(table, "run")
+    return _finish(table, records, current_code, reported)
 
 
 def matches_dataset(record: RunRecord, dataset: str) -> bool:
@@ -287,13 +293,8 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
         table.notes.append("top-k: only the first k of the database were ranked; AP counts "
                            "the positives found there, and mP@k that the depth cannot "
                            "determine is shown as —")
-    if reported and any(rep.dataset == dataset for rep in REPORTED):
-        table.notes.append(f"rows of kind 'reported' are numbers printed in {PAPER}, "
-                           "not measured here")
-    if any("stale" in kind_label(r, current_code) for r in records):
-        table.notes.append("kind 'stale': the method's code has changed since the run; "
-                           "rerun it for a current number")
-    return _drop_empty_column(table, "run")
+    return _finish(table, records, current_code,
+                   reported and any(rep.dataset == dataset for rep in REPORTED))
 
 
 def to_markdown(table: Table) -> str:
