@@ -27,10 +27,12 @@ from irbench.methods.sift.keypoints import (
 )
 from irbench.methods.sift.vocabulary import (
     Vocabulary,
-    auto_vocabulary_size,
+    load_vocabulary_file,
     resolve_vocabulary_size,
     sample_indices,
+    save_vocabulary,
     train_kmeans,
+    training_sample_size,
 )
 
 # -- synthetic images ---------------------------------------------------------------------
@@ -184,17 +186,53 @@ def test_two_workers_match_one_and_propagate_errors(tmp_path):
 
 
 def test_vocabulary_size_rules():
-    assert auto_vocabulary_size(40 * 1000) == 512
-    assert auto_vocabulary_size(40 * 1024) == 1024
-    assert auto_vocabulary_size(1000) == 256  # clamped up to 256
-    assert auto_vocabulary_size(10**9) == 65536  # clamped down
-    assert auto_vocabulary_size(100) == 64  # never more words than descriptors
-    assert resolve_vocabulary_size(0, 40 * 2048) == 2048
     assert resolve_vocabulary_size(100, 5000) == 100
+    assert resolve_vocabulary_size(20_000, 100_000, 5) == 20_000  # exactly 5 per word
+    # too few descriptors: shrunk to descriptors / min_per_word, never above them
+    assert resolve_vocabulary_size(20_000, 99_999, 5) == 19_999
+    assert resolve_vocabulary_size(5000, 100) == 100
+    assert resolve_vocabulary_size(5000, 3, 5) == 1
     with pytest.raises(ConfigError):
-        resolve_vocabulary_size(5000, 100)
+        resolve_vocabulary_size(0, 5000)
     with pytest.raises(ConfigError):
-        resolve_vocabulary_size(0, 0)
+        resolve_vocabulary_size(100, 0)
+    # the training sample grows with the vocabulary
+    assert training_sample_size(1000, 40, 10**9) == 40_000
+    assert training_sample_size(20_000, 40, 10**9) == 800_000
+    assert training_sample_size(20_000, 40, 5000) == 5000
+    assert training_sample_size(20_000, 0, 5000) == 5000
+
+
+def test_hnsw_kmeans_is_seeded_and_close_to_exact():
+    rng = np.random.default_rng(0)
+    centres = rng.random((40, 16), dtype=np.float32) * 10
+    x = (centres[rng.integers(0, 40, 4000)] + rng.random((4000, 16), dtype=np.float32))
+    c1 = train_kmeans(x, 40, niter=8, seed=1, hnsw=True)
+    c2 = train_kmeans(x, 40, niter=8, seed=1, hnsw=True)
+    np.testing.assert_array_equal(c1, c2)
+    exact = Vocabulary(c1).quantize(x)
+    approx = Vocabulary(c1, hnsw=True).quantize(x)
+    assert (exact == approx).mean() > 0.99
+
+
+def test_vocabulary_file_round_trip_and_errors(tmp_path):
+    c = np.random.default_rng(0).random((10, 128), dtype=np.float32)
+    save_vocabulary(tmp_path / "v.npy", c)
+    back, digest = load_vocabulary_file(tmp_path / "v.npy")
+    np.testing.assert_array_equal(back, c)
+    assert len(digest) == 64
+    with pytest.raises(ConfigError, match="not found"):
+        load_vocabulary_file(tmp_path / "missing.npy")
+    np.save(tmp_path / "bad.npy", np.zeros((10, 64), np.float32))
+    with pytest.raises(ConfigError, match=r"bad\.npy.*shape"):
+        load_vocabulary_file(tmp_path / "bad.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(ConfigError, match="junk.npy"):
+        load_vocabulary_file(tmp_path / "junk.npy")
+    c[3, 5] = np.nan
+    np.save(tmp_path / "nan.npy", c)
+    with pytest.raises(ConfigError, match="finite"):
+        load_vocabulary_file(tmp_path / "nan.npy")
 
 
 def test_sampling_and_kmeans_are_seeded():
@@ -345,16 +383,39 @@ def test_bow_end_to_end_finds_originals(tmp_path):
     json.dumps(info)  # goes into the run record
 
 
-def test_bow_trains_on_train_split_and_caps_descriptors(tmp_path):
-    cfg = small_config(vocabulary_size=0, max_training_descriptors=1000)
+def test_bow_trains_on_train_split_and_scales_the_sample(tmp_path, caplog):
+    cfg = small_config(vocabulary_size=200, training_descriptors_per_word=2,
+                       min_descriptors_per_word=1)
     method, ranks, _ = run_bow(tmp_path / "data", tmp_path / "cache", cfg, n_train=3)
     info = method.info()
     assert info["vocabulary_trained_on"] == "train"
     assert info["n_training_images"] == 3
-    assert info["n_training_descriptors"] == min(1000, info["n_available_training_descriptors"])
-    assert info["vocabulary_size"] == auto_vocabulary_size(info["n_training_descriptors"])
-    assert info["vocabulary_size_auto"] is True
+    assert info["n_training_descriptors"] == min(400, info["n_available_training_descriptors"])
+    assert info["vocabulary_size"] == info["vocabulary_size_requested"] == 200
+    assert info["vocabulary_reused"] is False and "vocabulary_shrunk" not in info
     assert ranks[0, 0] == 0
+    # more words than the training set affords: shrunk, warned about and recorded
+    big = small_config(vocabulary_size=10**6, min_descriptors_per_word=5)
+    with caplog.at_level("WARNING"):
+        method, _, _ = run_bow(tmp_path / "data", tmp_path / "cache", big, n_train=3)
+    info = method.info()
+    assert info["vocabulary_size_requested"] == 10**6
+    assert info["vocabulary_size"] == info["n_available_training_descriptors"] // 5
+    assert "per word" in info["vocabulary_shrunk"]
+    assert "instead of vocabulary_size=1000000" in caplog.text
+
+
+def test_bow_with_a_vocabulary_file(tmp_path):
+    method, r1, s1 = run_bow(tmp_path / "data", tmp_path / "cache")
+    save_vocabulary(tmp_path / "v.npy", method._vocabulary.centroids)
+    cfg = small_config(vocabulary_source=f"file:{tmp_path / 'v.npy'}")
+    m2, r2, s2 = run_bow(tmp_path / "data", tmp_path / "cache2", cfg)
+    info = m2.info()
+    assert info["vocabulary_trained_on"] == f"file:{tmp_path / 'v.npy'}"
+    assert info["vocabulary_id"].startswith("file-")
+    assert not any(e.kind == "vocabulary" for e in m2.context.cache.events)
+    np.testing.assert_array_equal(r1, r2)
+    np.testing.assert_allclose(s1, s2, rtol=1e-5)
 
 
 def test_bow_is_deterministic(tmp_path):
@@ -382,7 +443,32 @@ def test_bow_reuses_cache(tmp_path):
 
 def test_bow_config_fields_and_sift_params():
     cfg = BowConfig()
-    assert cfg.vocabulary_size == 0 and cfg.max_keypoints == 2000 and cfg.rootsift
+    assert cfg.vocabulary_size == 20_000 and cfg.max_keypoints == 2000 and cfg.rootsift
     p = sift_params(cfg)
     assert p == SiftParams()
     assert BowMethod.name == "bow" and BowMethod.description
+
+
+def test_one_vocabulary_serves_every_sift_method_with_its_defaults(tmp_path):
+    """he-wgc, then bow and a verifier on the same data: one vocabulary is trained, the
+    later runs say they reused it (the defaults of their vocabulary fields agree)."""
+    from irbench.harness.registry import create_method
+
+    names = ["he-wgc", "bow", "geometric-coding"]
+    fields = [create_method(n).stage_fields("vocabulary") for n in names]
+    assert fields[0] == fields[1] == fields[2]
+    database, queries, train = make_set(tmp_path / "data")
+    cache = Cache(tmp_path / "cache")
+    infos = []
+    for name in names:
+        ctx = RunContext(cache=cache, dataset_id="synthetic@1")
+        method = create_method(name, {"vocabulary_size": 256, "kmeans_iterations": 5},
+                               context=ctx)
+        method.fit(train)
+        method.index(database)
+        method.query(queries, 5)
+        infos.append(method.info())
+    assert [i["vocabulary_reused"] for i in infos] == [False, True, True]
+    assert len({i["vocabulary_id"] for i in infos}) == 1
+    trained = [e for e in cache.events if e.kind == "vocabulary" and not e.hit]
+    assert len(trained) == 1

@@ -105,12 +105,18 @@ def _holidays_tar(n_groups: int = 3, corrupt: str | None = None) -> bytes:
 
 @pytest.fixture
 def local_holidays(server, monkeypatch):
-    """The `holidays` package with its source served by the test server."""
+    """The `holidays` package (the files as distributed) and `holidays-upright` (the
+    default copy; the dataset `holidays` fetches both) served by the test server."""
     server.files["jpg1.tar.gz"] = _holidays_tar()
+    server.files["holidays_rotated.tar.gz"] = _holidays_tar()
     pkg = dataclasses.replace(catalog.PACKAGES["holidays"], sources=(
         Source("jpg1.tar.gz", (server.url("missing/jpg1.tar.gz"), server.url("jpg1.tar.gz")),
                extract_to="jpg", flatten=True, keep=(".jpg",)),))
     monkeypatch.setitem(catalog.PACKAGES, "holidays", pkg)
+    upright = dataclasses.replace(catalog.PACKAGES["holidays-upright"], sources=(
+        Source("holidays_rotated.tar.gz", (server.url("holidays_rotated.tar.gz"),),
+               extract_to="jpg_upright", flatten=True, keep=(".jpg",)),))
+    monkeypatch.setitem(catalog.PACKAGES, "holidays-upright", upright)
     return pkg
 
 
@@ -177,9 +183,11 @@ def test_fetch_then_load_through_the_cli(local_holidays, tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["data", "fetch", "holidays", "--data-root", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
-    assert "extracted 6 files" in result.output
+    assert "holidays-upright: holidays_rotated.tar.gz: extracted 6 files" in result.output
+    assert "holidays: jpg1.tar.gz: extracted 6 files" in result.output  # both copies
     d = ds.load("holidays", root=tmp_path)
-    assert len(d.database) == 6 and len(d.queries) == 3
+    assert len(d.database) == 6 and len(d.queries) == 3 and d.root.name == "jpg_upright"
+    assert len(ds.load("holidays", root=tmp_path, orientation="original").database) == 6
     again = runner.invoke(cli, ["data", "fetch", "holidays", "--data-root", str(tmp_path), "-q"])
     assert "already installed" in again.output
     info = runner.invoke(cli, ["data", "info", "holidays", "--data-root", str(tmp_path)])
@@ -194,7 +202,7 @@ def test_fetch_from_an_archive_you_have(local_holidays, tmp_path, server):
     server.files.clear()  # no network needed
     report = manage.fetch("holidays", tmp_path / "data", from_path=archive)
     assert "extracted 6 files" in report[0]
-    assert len(ds.load("holidays", root=tmp_path / "data").queries) == 3
+    assert len(ds.load("holidays", root=tmp_path / "data", orientation="original").queries) == 3
     assert archive.exists()  # the user's file is left alone
     archive.write_bytes(_holidays_tar(n_groups=2))  # not the file recorded the first time
     report = manage.fetch("holidays", tmp_path / "data", from_path=archive)
@@ -233,12 +241,14 @@ def test_flickr_parts_import(tmp_path):
 
 
 def test_verify_and_info_name_a_truncated_jpeg(server, local_holidays, tmp_path):
-    server.files["jpg1.tar.gz"] = _holidays_tar(corrupt="100101")
+    # the images checked are those the dataset reads by default: the upright copy
+    server.files["holidays_rotated.tar.gz"] = _holidays_tar(corrupt="100101")
     manage.fetch("holidays", tmp_path)
     report = manage.verify("holidays", tmp_path)
     assert not report.ok
     assert len(report.corrupt) == 1 and "100101.jpg: truncated JPEG" in report.corrupt[0]
-    assert report.counts["holidays"] == (6, 1491)
+    assert "jpg_upright" in report.corrupt[0]
+    assert report.counts["holidays"] == report.counts["holidays-upright"] == (6, 1491)
     runner = CliRunner()
     out = runner.invoke(cli, ["data", "verify", "holidays", "--data-root", str(tmp_path), "-q"])
     assert out.exit_code == 1 and "100101.jpg" in out.output and "NOT OK" in out.output
@@ -293,7 +303,7 @@ def test_bad_archive_then_good_archive_imports(local_holidays, tmp_path, server)
     record = json.loads((data / "holidays" / ".irbench" / "checksums.json").read_text())
     assert record["jpg1.tar.gz"]["sha256"] == hashlib.sha256(good).hexdigest()
     assert record["jpg1.tar.gz"]["origin"] == str(fine)
-    assert len(ds.load("holidays", root=data).database) == 6
+    assert len(ds.load("holidays", root=data, orientation="original").database) == 6
 
 
 def test_a_download_that_does_not_unpack_is_neither_recorded_nor_kept(server, tmp_path):

@@ -110,8 +110,9 @@ def _write_holidays(root, folder="jpg"):
 
 
 def test_holidays_groups_and_query_exclusion(tmp_path):
-    _write_holidays(tmp_path)
-    d = ds.load("holidays", root=tmp_path)
+    _write_holidays(tmp_path, "jpg_upright")
+    d = ds.load("holidays", root=tmp_path)  # the upright copy by default
+    assert d.root.name == "jpg_upright" and d.config == {}
     assert [q.id for q in d.queries] == ["100000", "100100", "100200"]
     assert d.protocol.exclude_query
     assert list(d.ground_truth[0]["positives"]) == [1, 2]
@@ -119,10 +120,31 @@ def test_holidays_groups_and_query_exclusion(tmp_path):
     ranks = np.array([[0, 1, 2, 3, 4, 5, 6, 7], [3, 4, 0, 1, 2, 5, 6, 7], [5, 6, 7, 0, 1, 2, 3, 4]])
     m = evaluate(ranks, d.ground_truth, d.protocol, [q.db_index for q in d.queries])
     assert m["settings"][""]["map"] == pytest.approx(1.0)
-    with pytest.raises(DatasetError, match="bench data fetch holidays-upright"):
-        ds.load("holidays", root=tmp_path, orientation="upright")
-    _write_holidays(tmp_path, "jpg_upright")
-    assert ds.load("holidays", root=tmp_path, orientation="upright").root.name == "jpg_upright"
+
+
+def test_holidays_orientation_default_and_missing_copies(tmp_path):
+    from irbench.datasets.holidays import HolidaysConfig
+
+    assert HolidaysConfig().orientation == "upright"
+    _write_holidays(tmp_path)  # only the files as distributed
+    with pytest.raises(DatasetError) as err:
+        ds.load("holidays", root=tmp_path)
+    message = str(err.value)
+    assert "`bench data fetch holidays-upright`" in message
+    assert "--dataset-option orientation=original" in message
+    assert "holidays/jpg_upright/<nnnnnn>.jpg" in message  # the expected layout
+    d = ds.load("holidays", root=tmp_path, orientation="original")
+    assert d.root.name == "jpg" and d.config == {"orientation": "original"}
+    assert [q.id for q in d.queries] == ["100000", "100100", "100200"]
+    (tmp_path / "holidays" / "jpg_upright").mkdir()  # present but empty
+    with pytest.raises(DatasetError, match="(?s)images.*bench data fetch holidays-upright"
+                                           ".*orientation=original"):
+        ds.load("holidays", root=tmp_path)
+    _write_holidays(tmp_path / "other", "jpg_upright")  # only the upright copy
+    assert ds.load("holidays", root=tmp_path / "other").root.name == "jpg_upright"
+    with pytest.raises(DatasetError, match="bench data fetch holidays`") as err:
+        ds.load("holidays", root=tmp_path / "other", orientation="original")
+    assert "orientation=original" not in str(err.value)
 
 
 def test_ukbench_groups_of_four(tmp_path):

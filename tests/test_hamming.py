@@ -154,10 +154,31 @@ def _naive_scores(index, q, s: ScanSettings):
         ha[img, abin] += weight
         hs[img, sbin] += weight
     if s.wgc:
+        ha = _naive_smooth(ha, s.histogram_smoothing, circular=True)
+        hs = _naive_smooth(hs, s.histogram_smoothing, circular=False)
+        turns = {"none": (), "upright": (0,), "upright-or-sideways": (0, 90, 270),
+                 "quarter-turns": (0, 90, 180, 270)}[s.wgc_prior]
+        for degrees in turns:
+            code = degrees * 256 // 360
+            ha[:, ((code + 256 // (2 * s.angle_bins)) % 256) * s.angle_bins // 256] *= (
+                s.wgc_prior_weight)
         total = np.minimum(ha.max(axis=1), hs.max(axis=1))
     qnorm = index.query_norm(words)
     return np.array([t / (qnorm * index.norms[j]) if index.norms[j] > 0 else 0.0
                      for j, t in enumerate(total)])
+
+
+def _naive_smooth(hist, width, circular):
+    """Mean of the `width` bins from b - width // 2 of each bin b (wrapped or zero)."""
+    n_bins = hist.shape[1]
+    out = np.zeros_like(hist)
+    for b in range(n_bins):
+        for j in range(b - width // 2, b - width // 2 + width):
+            if circular:
+                out[:, b] += hist[:, j % n_bins]
+            elif 0 <= j < n_bins:
+                out[:, b] += hist[:, j]
+    return out / width
 
 
 @pytest.mark.parametrize("settings", [
@@ -165,6 +186,10 @@ def _naive_scores(index, q, s: ScanSettings):
     ScanSettings(wgc=False),
     ScanSettings(hamming_weighting="gaussian", burstiness=True),
     ScanSettings(hamming_threshold=30, angle_bins=16, scale_bins=5, scale_bin_octaves=1.0),
+    ScanSettings(hamming_threshold=30, angle_bins=12, scale_bins=9, histogram_smoothing=3,
+                 wgc_prior="quarter-turns", wgc_prior_weight=1.5),
+    ScanSettings(hamming_threshold=30, angle_bins=6, histogram_smoothing=4,
+                 wgc_prior="upright-or-sideways", wgc_prior_weight=3.0),
 ])
 @pytest.mark.parametrize("n_images,per_image", [(30, 50), (3000, 3)])  # dense / sparse votes
 def test_scan_matches_the_per_posting_reference(settings, n_images, per_image):
@@ -204,6 +229,54 @@ def test_wgc_consistent_matches_beat_shuffled_ones():
     assert with_wgc[0] > 2 * with_wgc[1]
 
 
+def _one_image_index(rotations_degrees):
+    """One database image whose features match the query's (one word each, equal scale)
+    rotated by the given angles, and one empty image (so every idf is log 2)."""
+    m = len(rotations_degrees)
+    rng = np.random.default_rng(8)
+    words = np.arange(m)
+    sig = rng.integers(0, 2**62, m, dtype=np.uint64)
+    q_ang = rng.integers(0, 256, m)
+    db_ang = ((q_ang - np.asarray(rotations_degrees) * 256 // 360) % 256).astype(np.uint8)
+    sca = np.full(m, 80, np.uint8)
+    index = HammingIndex.build(words, np.array([0, m, m]), m, sig, db_ang, sca)
+    return index, (words, sig, q_ang.astype(np.uint8), sca)
+
+
+@pytest.mark.parametrize("minority_rotation,prior,wins", [
+    (0, "upright", True), (90, "upright", False), (90, "upright-or-sideways", True),
+    (270, "upright-or-sideways", True), (180, "upright-or-sideways", False),
+    (180, "quarter-turns", True), (0, "none", False),
+])
+def test_wgc_prior_changes_which_angle_peak_wins(minority_rotation, prior, wins):
+    # 6 matches rotated by 45 degrees, 4 by a minority rotation; one scale for all 10
+    index, q = _one_image_index([45] * 6 + [minority_rotation] * 4)
+    plain, _ = index.scores(*q, ScanSettings())
+    favoured, _ = index.scores(*q, ScanSettings(wgc_prior=prior, wgc_prior_weight=2.0))
+    # the peak is 6 votes (45 degrees) without the prior, 4 * 2 = 8 when it favours the 4
+    assert favoured[0] == pytest.approx(plain[0] * (8 / 6 if wins else 1.0))
+
+
+def test_wgc_prior_is_capped_by_the_scale_peak():
+    # all 10 at no rotation: the angle peak doubles, the scale peak (10) stays the minimum
+    index, q = _one_image_index([0] * 10)
+    plain, _ = index.scores(*q, ScanSettings())
+    favoured, _ = index.scores(*q, ScanSettings(wgc_prior="upright", wgc_prior_weight=2.0))
+    assert favoured[0] == pytest.approx(plain[0])
+
+
+def test_wgc_prior_none_or_weight_one_changes_nothing():
+    rng = np.random.default_rng(9)
+    words, offsets, sig, ang, sca = _random_index(rng)
+    index = HammingIndex.build(words, offsets, 40, sig, ang, sca)
+    q = _query(rng, words, sig)
+    plain, _ = index.scores(*q, ScanSettings(hamming_threshold=30))
+    for settings in (ScanSettings(hamming_threshold=30, wgc_prior_weight=5.0),
+                     ScanSettings(hamming_threshold=30, wgc_prior="quarter-turns",
+                                  wgc_prior_weight=1.0)):
+        np.testing.assert_array_equal(index.scores(*q, settings)[0], plain)
+
+
 def test_posting_layout_is_at_most_16_bytes():
     rng = np.random.default_rng(7)
     words, offsets, sig, ang, sca = _random_index(rng)
@@ -215,7 +288,9 @@ def test_posting_layout_is_at_most_16_bytes():
 
 @pytest.mark.parametrize("field,value", [("hamming_threshold", 65), ("signature_bits", 0),
                                          ("hamming_weighting", "cosine"), ("angle_bins", 0),
-                                         ("scale_bin_octaves", 0.0)])
+                                         ("scale_bin_octaves", 0.0),
+                                         ("wgc_prior", "diagonal"),
+                                         ("wgc_prior_weight", 0.5)])
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(ConfigError, match=field):
         HeWgcMethod(HeWgcMethod.Config(**{field: value}))

@@ -14,15 +14,18 @@ def _records(tmp_path):
 def test_overview_rows_and_reported(tmp_path):
     recs = _records(tmp_path)
     t = lb.overview(recs)
-    assert "tiny" in t.columns and "oxford5k" in t.columns and "instre-s" in t.columns
+    assert "tiny" in t.columns and "oxford105k" in t.columns
+    assert lb.INSTRE_S_PRESUMED in t.columns and "oxford5k" not in t.columns
     measured = [r for i, r in enumerate(t.rows) if i not in t.reported_rows]
     assert {r[1] for r in measured} == {"default", "grid=1"}
     reported = [t.rows[i] for i in t.reported_rows]
     assert "run" not in t.columns  # every run used the default options
-    assert all(r[t.columns.index("kind")] == "reported" for r in reported)
-    values = {r[t.columns.index("instre-s")] for r in reported}
+    kinds = {r[t.columns.index("config")]: r[t.columns.index("kind")] for r in reported}
+    assert kinds["feature_backbone=zf"] == "reported (not runnable here)"
+    assert {k for c, k in kinds.items() if c != "feature_backbone=zf"} == {"reported"}
+    values = {r[t.columns.index(lb.INSTRE_S_PRESUMED)] for r in reported}
     assert {"28.6", "26.9", "32.2"} <= values
-    assert any(r[t.columns.index("oxford5k")] == "40.4" for r in reported)
+    assert any(r[t.columns.index("oxford105k")] == "40.4" for r in reported)
     cell = measured[0][t.columns.index("tiny")]
     assert float(cell) == round(100 * recs[0].primary_map(), 2) or float(cell) == round(
         100 * recs[1].primary_map(), 2)

@@ -155,7 +155,9 @@ def test_image_batches_cover_and_bound():
 def test_config_defaults_and_validation():
     cfg = VladConfig()
     assert cfg.vocabulary_size == 256 and cfg.rootsift
-    assert cfg.intra_normalization is True and cfg.power_normalization == 0.5
+    # All about VLAD: intra-normalization in place of the signed square root (an option)
+    assert cfg.intra_normalization is True and cfg.power_normalization == 1.0
+    assert cfg.pca_dim == 0 and cfg.pca_whitening is True
     assert METHODS.get("vlad-intra") is VladIntraMethod
     with pytest.raises(ConfigError):
         VladIntraMethod(VladConfig(power_normalization=0.0))
@@ -191,7 +193,8 @@ def test_end_to_end_on_demo(tmp_path):
     info = record.method_info
     assert info["vocabulary_trained_on"] == "train" and info["vocabulary_size"] == 32
     assert info["vlad_dimension"] == 32 * 128
-    assert info["normalization_order"] == "residual sums > power 0.5 > intra L2 > global L2"
+    assert info["output_dimension"] == 32 * 128 and "pca_trained_on" not in info
+    assert info["normalization_order"] == "residual sums > intra L2 > global L2"
     assert record.index_bytes == len(ds.database) * 32 * 128 * 4
 
 
@@ -202,7 +205,7 @@ def test_method_vectors_match_direct_encoding_and_batches(demo, tmp_path):
     feats = method.features("database", demo.database)
     words, offsets = method.words("database", demo.database)
     direct = vlad_encode(method.vectors(feats.descriptors), words, offsets,
-                         method._vocabulary.centroids)
+                         method._vocabulary.centroids, power=1.0, intra=True)
     np.testing.assert_allclose(db, direct, atol=1e-6)
     # tiny batches (many per image list, single images over the feature budget) agree
     small = VladIntraMethod(method.config, RunContext(
@@ -225,7 +228,7 @@ def test_deterministic_and_cached(demo, tmp_path):
     np.testing.assert_array_equal(r1, r3)
     np.testing.assert_array_equal(s1, s3)
     # another normalization reuses the vocabulary and the words, recomputes the vectors
-    m4, _, _ = run_method(demo, tmp_path / "c1", power_normalization=1.0)
+    m4, _, _ = run_method(demo, tmp_path / "c1", power_normalization=0.5)
     events = {(e.kind, e.hit) for e in m4.context.cache.events}
     assert ("vocabulary", True) in events and ("words", True) in events
     assert ("vlad-intra/vlad", False) in events

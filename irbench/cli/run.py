@@ -113,7 +113,8 @@ def records_table(records: list[RunRecord]) -> Table:
     for r in records:
         wall = sum(t.wall_s for t in r.timings.values() if not t.cached)
         cached = [s for s, t in r.timings.items() if t.cached]
-        reused = "all" if len(cached) >= 3 else (",".join(cached) or "none")
+        hits = dict.fromkeys(e["kind"] for e in (r.cache_events or []) if e.get("hit"))
+        reused = "all" if len(cached) >= 3 else (", ".join([*cached, *hits]) or "none")
         for setting, m in r.metrics["settings"].items():
             row = [r.method, config_label(r), *([run_label(r)] if runs else []),
                    *([setting] if named else []), _pct(m["map"])]

@@ -140,7 +140,8 @@ _add(Package(
 
 _add(Package(
     name="holidays", required=("jpg",), folder="holidays",
-    description="INRIA Holidays: 1,491 images in 500 groups, as distributed",
+    description="INRIA Holidays: 1,491 images in 500 groups, as distributed "
+                "(read with orientation=original)",
     sources=(
         Source("jpg1.tar.gz", (f"{HOLIDAYS_FTP}/jpg1.tar.gz",), extract_to="jpg",
                flatten=True, keep=(".jpg",)),
@@ -156,11 +157,13 @@ _add(Package(
 
 _add(Package(
     name="holidays-upright", required=("jpg_upright",), folder="holidays",
-    description="INRIA Holidays with the sideways photos turned upright (used by CNN papers)",
+    description="INRIA Holidays with the sideways photos turned upright (the default "
+                "orientation; as CNN-era papers evaluate)",
     sources=(Source("holidays_rotated.tar.gz",
                     ("https://www.dropbox.com/s/f1z8pgzhkf52tcb/holidays_rotated.tar.gz?dl=1",),
                     extract_to="jpg_upright", flatten=True, keep=(".jpg",)),),
-    layout="holidays/jpg_upright/<nnnnnn>.jpg (1,491, same names as jpg/)",
+    layout="holidays/jpg_upright/<nnnnnn>.jpg (1,491, same names as jpg/; the default "
+           "orientation=upright reads these)",
     homepage="https://lear.inrialpes.fr/people/jegou/data.php",
     citation="the copy with fixed orientations circulated with CNN retrieval code "
              "(Babenko et al. 2014 and later rotate the sideways photos upright)",

@@ -7,12 +7,18 @@ own image never counts (neither positive nor position: the Holidays rule), so th
 positives are the other images of its group. Queries are not cropped.
 
 Orientation: the photos are distributed as shot, and a number of them (portrait shots
-whose camera did not rotate the pixels) lie on their side. SIFT-based papers used the
-files as distributed; CNN papers since Babenko et al. (ECCV 2014) evaluate on a copy
-with those photos turned upright, because CNN features are not rotation invariant.
-`orientation=original` (default) reads `holidays/jpg/`; `orientation=upright` reads the
-upright copy in `holidays/jpg_upright/` (`bench data fetch holidays-upright`). With both
-copies present, `bench data info holidays` lists the images whose orientation differs.
+whose camera did not rotate the pixels) lie on their side. CNN-era papers (since Babenko
+et al., ECCV 2014) evaluate on a copy with those photos turned upright, because CNN
+features are not rotation invariant; that is the default here, `orientation=upright`
+(`holidays/jpg_upright/`, `bench data fetch holidays-upright`, a third-party copy). SIFT
+methods are unaffected by an in-plane rotation of a whole image in principle (DoG
+keypoints are rotation covariant and each SIFT descriptor is measured in its keypoint's
+own orientation, so the same descriptors come back), though in practice detection on the
+turned pixels (and a keypoint cap, an image-size limit) can differ slightly, so their
+scores on the two copies are close, not necessarily identical. `orientation=original` reads the
+files as distributed (`holidays/jpg/`), as the SIFT-era papers did. `bench data fetch
+holidays` gets both copies; with both present, `bench data info holidays` lists the
+images whose orientation differs.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from irbench.datasets.base import Dataset, DatasetProvider, Image, Protocol, Query, QueryTruth
 from irbench.datasets.catalog import get_package, missing
 from irbench.datasets.oxford import index_images
+from irbench.datasets.storage import Package
 from irbench.errors import DatasetError
 from irbench.harness.config import param
 
@@ -32,30 +39,33 @@ FOLDERS = {"original": "jpg", "upright": "jpg_upright"}
 
 @dataclass(frozen=True)
 class HolidaysConfig:
-    orientation: str = param("original", "which copy of the images: as distributed "
-                                          "(original) or with sideways photos turned "
-                                          "upright (upright)", choices=("original", "upright"))
+    orientation: str = param(
+        "upright", "which copy of the images: upright (default; sideways photos turned "
+                   "upright, as CNN-era papers evaluate, CNN features not being rotation "
+                   "invariant; SIFT is unaffected in principle) or original (as distributed, "
+                   "as SIFT-era papers used them)", choices=("upright", "original"))
 
 
 class Holidays(DatasetProvider):
     name = "holidays"
     description = "INRIA Holidays: 1,491 images, 500 queries; the query never counts."
     Config = HolidaysConfig
-    packages = ("holidays",)
+    packages = ("holidays-upright", "holidays")
+    """The upright copy (the default) and the files as distributed (`orientation=original`)."""
 
     def load(self) -> Dataset:
         cfg = self.config
         pkg = get_package("holidays" if cfg.orientation == "original" else "holidays-upright")
         folder = pkg.path(self.data_root) / FOLDERS[cfg.orientation]
         if not folder.is_dir():
-            raise missing(pkg, self.data_root, f"image folder {folder}", self.name, pkg.name)
+            raise self._missing(pkg, f"image folder {folder}")
         files = index_images(folder)
         bad = [n for n in files if not _NAME.match(n)]
         if bad:
             raise DatasetError(f"{files[bad[0]]}: Holidays image names are six digits "
                                f"(group + index), e.g. 100000.jpg")
         if not files:
-            raise missing(pkg, self.data_root, f"images (*.jpg) in {folder}", self.name)
+            raise self._missing(pkg, f"images (*.jpg) in {folder}")
         names = sorted(files)
         groups: dict[str, list[int]] = {}
         for i, n in enumerate(names):
@@ -74,3 +84,14 @@ class Holidays(DatasetProvider):
                               description="first image of each group queries the database; "
                                           "the query itself never counts"),
             root=folder, config=self.options())
+
+    def _missing(self, pkg: Package, what: str) -> DatasetError:
+        """The missing-files error: the layout and the fetch command of the copy asked
+        for; for the upright copy, also the way to run on the files as distributed."""
+        if self.config.orientation == "original":
+            return missing(pkg, self.data_root, what, self.name, pkg.name)
+        err = missing(pkg, self.data_root, f"{what} (the upright copy, orientation=upright, "
+                                           f"the default)", self.name, pkg.name)
+        return DatasetError(f"{err}\nOr use the photos as distributed (holidays/jpg/): "
+                            f"--dataset-option orientation=original (in Python: "
+                            f"orientation='original').")

@@ -3,18 +3,19 @@
 - Features: DoG SIFT keypoints and descriptors (Lowe, IJCV 2004) via OpenCV, RootSIFT
   by default (Arandjelović & Zisserman, "Three things everyone should know to improve
   object retrieval", CVPR 2012). See `irbench.methods.sift.keypoints`.
-- Vocabulary: flat k-means (faiss) on `vocabulary_source` (default: the dataset's
-  independent set, else its train split, else its database); hard assignment to the
-  nearest word (Sivic & Zisserman, "Video Google: a text retrieval
-  approach to object matching in videos", ICCV 2003). See `vocabulary`.
+- Vocabulary: k-means (faiss; HNSW assignment above 4,096 words) of 20,000 words by
+  default on `vocabulary_source` (default: the dataset's independent set, else its train
+  split, else its database), or a vocabulary file; hard assignment to the nearest word
+  (Sivic & Zisserman, "Video Google: a text retrieval approach to object matching in
+  videos", ICCV 2003). See `vocabulary`.
 - Search: tf-idf weighted, L2-normalized BoW vectors compared by cosine similarity
   through an inverted file (Sivic & Zisserman 2003; Philbin, Chum, Isard, Sivic &
   Zisserman, "Object retrieval with large vocabularies and fast spatial matching",
   CVPR 2007, without its spatial re-ranking). See `invfile`.
 
 Deviations from the papers, all config fields: DoG instead of Hessian-affine regions,
-RootSIFT on, vocabularies of at most 65,536 words by exact k-means (Philbin et al. use
-1M words by approximate k-means), a keypoint cap per image.
+RootSIFT on, 20,000 words by default (Philbin et al. use 1M words by approximate
+k-means: `--set vocabulary_size=1000000`), a keypoint cap per image.
 
 Stages and their cache artifacts, shared by every SIFT method whose fields agree:
 `sift/features` (per image list), `vocabulary` (per training image list) and `words`
@@ -23,6 +24,7 @@ Stages and their cache artifacts, shared by every SIFT method whose fields agree
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,13 +45,19 @@ from irbench.methods.sift.keypoints import (
     sift_params,
 )
 from irbench.methods.sift.vocabulary import (
+    FILE_PREFIX,
     VOCABULARY_STAGE,
     Vocabulary,
     VocabularyOptions,
+    load_vocabulary_file,
     resolve_vocabulary_size,
     sample_indices,
     train_kmeans,
+    training_sample_size,
+    use_hnsw,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BowConfig", "BowMethod", "SiftVocabularyMethod", "SIFT_STAGES"]
 
@@ -117,34 +125,70 @@ class SiftVocabularyMethod(Method):
         """Train (or load from the cache) the vocabulary on `images`' descriptors;
         `trained_on` says which images they are (for the run record)."""
         cfg = self.config
+        computed = False
 
         def compute() -> dict[str, Any]:
+            nonlocal computed
+            computed = True
             feats = self.features(trained_on, images)
-            idx = sample_indices(feats.n_features, cfg.max_training_descriptors,
-                                 self.context.seed)
-            size = resolve_vocabulary_size(cfg.vocabulary_size, len(idx))
+            n = int(feats.n_features)
+            size = resolve_vocabulary_size(cfg.vocabulary_size, n,
+                                           cfg.min_descriptors_per_word)
+            idx = sample_indices(n, training_sample_size(
+                size, cfg.training_descriptors_per_word, n), self.context.seed)
             x = self.vectors(feats.descriptors[idx])
             centroids = train_kmeans(x, size, niter=cfg.kmeans_iterations,
-                                     seed=self.context.seed)
+                                     seed=self.context.seed,
+                                     hnsw=use_hnsw(cfg.kmeans_assignment, size))
             return {"centroids": centroids,
                     "n_training_images": len(images),
-                    "n_available_descriptors": int(feats.n_features),
+                    "n_available_descriptors": n,
                     "n_training_descriptors": len(idx)}
 
         art = self.cached(VOCABULARY_STAGE, compute,
                           inputs={"features": self.features_id(images)})
-        self._vocabulary = Vocabulary(art["centroids"])
-        self._vocabulary_id = art.id
+        size = int(np.asarray(art["centroids"]).shape[0])
+        self._set_vocabulary(art["centroids"], art.id, reused=not computed)
         self._vocabulary_training = (images, trained_on)
+        n_avail = int(art["n_available_descriptors"])
         self._info.update({
             "vocabulary_trained_on": trained_on,
-            "vocabulary_size": self._vocabulary.size,
-            "vocabulary_size_auto": cfg.vocabulary_size == 0,
             "n_training_images": int(art["n_training_images"]),
             "n_training_descriptors": int(art["n_training_descriptors"]),
-            "n_available_training_descriptors": int(art["n_available_descriptors"]),
+            "n_available_training_descriptors": n_avail,
+        })
+        if size < cfg.vocabulary_size:
+            log.warning("%s: vocabulary of %d words instead of vocabulary_size=%d: the %d "
+                        "training descriptors (%s) allow at most %d words at "
+                        "min_descriptors_per_word=%d; train on a larger set "
+                        "(vocabulary_source) or lower min_descriptors_per_word",
+                        self.name, size, cfg.vocabulary_size, n_avail, trained_on, size,
+                        cfg.min_descriptors_per_word)
+            self._info["vocabulary_shrunk"] = (
+                f"{n_avail} training descriptors < {cfg.min_descriptors_per_word} per word")
+        return self._vocabulary
+
+    def _set_vocabulary(self, centroids: np.ndarray, vocabulary_id: str, *, reused: bool
+                        ) -> None:
+        cfg = self.config
+        self._vocabulary = Vocabulary(centroids,
+                                      hnsw=use_hnsw(cfg.kmeans_assignment, len(centroids)))
+        self._vocabulary_id = vocabulary_id
+        self._info.update({
+            "vocabulary_id": vocabulary_id,
+            "vocabulary_reused": reused,
+            "vocabulary_size_requested": cfg.vocabulary_size,
+            "vocabulary_size": self._vocabulary.size,
+            "vocabulary_assignment": "hnsw" if self._vocabulary.hnsw else "exact",
             "descriptor": "rootsift" if cfg.rootsift else "sift",
         })
+
+    def load_vocabulary(self, path: str) -> Vocabulary:
+        """Use the vocabulary file `path` (`vocabulary.save_vocabulary`): its content hash
+        names it, so the words quantized with it are cached like any other vocabulary's."""
+        centroids, digest = load_vocabulary_file(path)
+        self._set_vocabulary(centroids, f"file-{digest}", reused=True)
+        self._info["vocabulary_trained_on"] = f"file:{path}"
         return self._vocabulary
 
     def words(self, role: str, images: Sequence[Image | Query]) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +221,8 @@ class SiftVocabularyMethod(Method):
                                   f"{self.context.dataset_id or '(unnamed)'} has no train split; "
                                   f"use 'auto', 'database' or a dataset name")
             self.ensure_vocabulary(train, "train")
+        elif source.startswith(FILE_PREFIX):
+            self.load_vocabulary(source[len(FILE_PREFIX):])
         elif source != "database":
             images, dataset_id = self._independent_images(source)
             self.ensure_vocabulary(images, dataset_id)
@@ -210,6 +256,8 @@ class SiftVocabularyMethod(Method):
         `features` / `embedded` call (it then calls `forget_features`)."""
         if self._vocabulary is None:
             self.ensure_vocabulary(database, "database")
+        elif self._vocabulary_training is None:  # a vocabulary file: train the rest here
+            self._vocabulary_training = (database, "database")
         words, offsets = self.words("database", database)
         if not keep_features:
             self.forget_features()

@@ -39,6 +39,14 @@ Choices the paper leaves open (each a config field, default first):
   without re-indexing. `histogram_smoothing` (1 = none) is the width of a moving-
   average window applied to both histograms before the peaks are taken (circular for
   the angle).
+- `wgc_prior='none'`. Jégou's reference code (ivfgeo.h of the INRIA yael / bigimbaz
+  code) can multiply the angle-histogram bins by "Bayesian" coefficients before the
+  peak, favouring no rotation ('upright', AS_MAX_PREMULTIPLY_1), 0 and ±90°
+  ('upright-or-sideways', _3) or all four quarter turns ('quarter-turns', _4); here the
+  bins holding those rotations are multiplied by `wgc_prior_weight` (2, a choice: the
+  reference weights are not published) after the smoothing. The reference Python
+  default (wgc_type 0x50545) is 64 angle bins, log-scale steps of ×1.2, both histograms
+  smoothed over 5 bins and the quarter-turn prior.
 - `hamming_weighting='none'` is the paper's (every match within h_t votes idf^2);
   'gaussian' weighs a vote by exp(-h^2 / σ^2), σ = `gaussian_sigma` (16), the later
   weighting of Jégou, Douze & Schmid, "Improving bag-of-features for large scale image
@@ -47,6 +55,17 @@ Choices the paper leaves open (each a config field, default first):
   burstiness of visual elements", CVPR 2009, Sec. 4.1): a vote is divided by the square
   root of the number of matches its query feature has in that database image, and by
   the square root of the number of matches its database feature has in the query.
+
+Evidence for the WGC defaults (8 × 8 bins, no smoothing, no prior), on 95 real
+photographs of 17 objects (every photo a query; 20k-word vocabulary), mAP %: defaults
+86.9; `wgc=False` 84.0; 16 / 32 / 64 angle bins 84.6 / 82.3 / 79.9, and 85.9 with 64
+smoothed over 5; smoothing 3 / 5 at 8 bins 85.4 / 84.7; the reference default above 82.4
+(86.0 without its prior); prior 'upright' ×1.5 / ×2 / ×4 85.2 / 84.8 / 83.3,
+'quarter-turns' ×2 84.0; 32 scale bins of log2(1.2) octave 87.4 (20 queries up, 21
+down); 16 scale bins of 0.5 octave 87.2 (22 up, 1 down). No variant gains a point. A
+prior can raise a score only where the angle peak is the smaller of the two, which holds
+for 79 % of the wrong images that get a vote but for 41 % of the right ones, so it lifts
+wrong images more.
 
 The inverted file (`HammingIndex`) holds one posting per database feature, CSR by
 visual word: image id uint32, signature uint64, angle and scale codes uint8 — 14
@@ -71,7 +90,11 @@ from irbench.methods.base import QUERY_STAGE, Stage
 from irbench.methods.sift.bow import SIFT_STAGES, SiftVocabularyMethod
 from irbench.methods.sift.invfile import InvertedFile, bow_vectors
 from irbench.methods.sift.keypoints import SiftOptions
-from irbench.methods.sift.vocabulary import VocabularyOptions, sample_indices
+from irbench.methods.sift.vocabulary import (
+    VocabularyOptions,
+    sample_indices,
+    training_sample_size,
+)
 
 __all__ = [
     "HammingOptions",
@@ -87,6 +110,14 @@ __all__ = [
 
 ANGLE_LEVELS = 256
 SCALE_CODES_PER_OCTAVE = 16
+
+WGC_PRIOR_TURNS: dict[str, tuple[int, ...]] = {
+    "none": (),
+    "upright": (0,),
+    "upright-or-sideways": (0, 1, 3),
+    "quarter-turns": (0, 1, 2, 3),
+}
+"""Quarter turns (k · 90°) whose angle-difference bins each `wgc_prior` favours."""
 
 
 EMBEDDING_STAGE = "embedding"
@@ -135,6 +166,16 @@ class HammingOptions:
     histogram_smoothing: int = param(
         1, "moving-average window (bins) applied to the WGC histograms before taking "
            "their peaks; 1 = none", minimum=1, stage=QUERY_STAGE)
+    wgc_prior: str = param(
+        "none", "WGC prior on the rotation: multiply the angle-histogram bins of these "
+                "rotations by wgc_prior_weight before the peak: 'upright' = 0 degrees, "
+                "'upright-or-sideways' = 0 and +-90, 'quarter-turns' = 0, +-90 and 180 "
+                "(Jegou's ivfgeo AS_MAX_PREMULTIPLY_1 / _3 / _4)",
+        choices=tuple(WGC_PRIOR_TURNS), stage=QUERY_STAGE)
+    wgc_prior_weight: float = param(
+        2.0, "factor of the favoured angle bins under wgc_prior (1 = no effect; a choice: "
+             "the reference code's weights are not published)", minimum=1.0,
+        stage=QUERY_STAGE)
 
 
 @dataclass(frozen=True)
@@ -266,6 +307,8 @@ class ScanSettings:
     scale_bins: int = 8
     scale_bin_octaves: float = 0.5
     histogram_smoothing: int = 1
+    wgc_prior: str = "none"
+    wgc_prior_weight: float = 2.0
 
     @classmethod
     def of(cls, cfg: Any) -> ScanSettings:
@@ -286,6 +329,13 @@ def _smooth(hist: np.ndarray, width: int, circular: bool) -> np.ndarray:
     c = np.cumsum(padded, axis=1)
     c = np.concatenate([np.zeros((hist.shape[0], 1), c.dtype), c], axis=1)
     return (c[:, width:] - c[:, :-width]) / width
+
+
+def _angle_bin(difference: np.ndarray, bins: int) -> np.ndarray:
+    """Bin of orientation-code differences (any integers) among `bins` over 360°, bin 0
+    centred on no rotation."""
+    shifted = (np.asarray(difference, np.int64) + ANGLE_LEVELS // (2 * bins)) % ANGLE_LEVELS
+    return shifted * bins // ANGLE_LEVELS
 
 
 class HammingIndex:
@@ -381,10 +431,8 @@ class HammingIndex:
         """min(peak of the angle-difference histogram, peak of the log-scale-difference
         histogram) of each of `n` images (`image` holds 0..n-1), float64[n] (Sec. 4)."""
         cols = self.invfile.columns
-        # Orientation difference, bin 0 centred on no rotation.
-        da = (np.asarray(angles, np.int64)[src] - cols["angle"][pos].astype(np.int64)
-              + ANGLE_LEVELS // (2 * s.angle_bins)) % ANGLE_LEVELS
-        abin = da * s.angle_bins // ANGLE_LEVELS
+        abin = _angle_bin(np.asarray(angles, np.int64)[src]
+                          - cols["angle"][pos].astype(np.int64), s.angle_bins)
         # Log-scale difference in bins of scale_bin_octaves, centred on no change.
         ds = (np.asarray(scales, np.int64)[src] - cols["scale"][pos].astype(np.int64))
         step = SCALE_CODES_PER_OCTAVE * s.scale_bin_octaves
@@ -396,6 +444,12 @@ class HammingIndex:
                           minlength=n * s.scale_bins).reshape(n, s.scale_bins)
         h_a = _smooth(h_a, s.histogram_smoothing, circular=True)
         h_s = _smooth(h_s, s.histogram_smoothing, circular=False)
+        turns = WGC_PRIOR_TURNS[s.wgc_prior]
+        if turns:  # the "Bayesian" premultiplication of ivfgeo, after the smoothing
+            prior = np.ones(s.angle_bins)
+            favoured = _angle_bin(np.array(turns) * (ANGLE_LEVELS // 4), s.angle_bins)
+            prior[favoured] = s.wgc_prior_weight
+            h_a = h_a * prior
         return np.minimum(h_a.max(axis=1), h_s.max(axis=1))
 
     def search(self, queries: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
@@ -446,8 +500,9 @@ class HammingEmbeddingMixin(SiftVocabularyMethod):
 
         def compute() -> dict[str, Any]:
             feats = self.features(trained_on, images)
-            idx = sample_indices(feats.n_features, cfg.max_training_descriptors,
-                                 self.context.seed)
+            idx = sample_indices(feats.n_features, training_sample_size(
+                vocab.size, cfg.training_descriptors_per_word, feats.n_features),
+                self.context.seed)
             x = self.vectors(feats.descriptors[idx])
             words = vocab.quantize(x)
             emb = train_embedding(x, words, vocab.size, cfg.signature_bits,

@@ -47,8 +47,11 @@ are dropped, ≥ 95%, in all cases). Hence the query rotations below.
 
 Choices the paper leaves open, with the choice made:
 
-- r (`frames`): 2. Believed to be the paper's experimental setting; this could not be
-  checked against the full text.
+- r (`frames`): 2. The paper's value was not found (only its abstract is readable); two
+  third-party course implementations (GitHub `cjdjr/ustc_dia`, `spatial_coding.m`, citing
+  the paper's formulas (4) and (5)) use r = 4 with θ_k = k·π/(2r), which is offered
+  (`--set frames=4`) but stricter: more frames remove more true matches under
+  perspective.
 - Removal order: rounds of one x-step then one y-step (an x-step removes the match with the
   largest S_x if that is > 0; a y-step likewise with S_y), until neither removes anything.
 - Ties between equal largest sums: the match with the larger sum on the other axis (larger
