@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.table import Table
 from rich.text import Text
 
 from irbench.cli.ui import console, err_console
 from irbench.harness.runner import check_writable
+from irbench.results.claims import HELD, NOT_HELD, check_claims
 from irbench.results.report import write_report
 from irbench.results.store import default_results_dir, read_records
 
@@ -23,7 +25,10 @@ from irbench.results.store import default_results_dir, read_records
               help="Where run records are read from [env IRBENCH_RESULTS; default: ./results].")
 def report_cmd(dataset, method, out, results_dir) -> None:
     """Draw mAP against the number of regions K, one line per fusion (the paper's Fig. 4),
-    from the run records of a `--sweep regions=... --sweep fusion=...` run."""
+    from the run records of a `--sweep regions=... --sweep fusion=...` run, and check the
+    paper's claims (CNN < F-CNN < DR-CNN, COP and HE+WGC above CNN on INSTRE,
+    concatenation above mean and max, every fusion at its best at K = 2) on the records:
+    held, not held, or not enough runs."""
     results_dir = Path(results_dir or default_results_dir())
     out = out or results_dir / "report"
     check_writable(out, "report folder", "-o/--out")
@@ -33,4 +38,13 @@ def report_cmd(dataset, method, out, results_dir) -> None:
     path, figures = write_report(records, out, dataset, method)
     for fig in figures:
         console.print(f"{fig.dataset}: {fig.path}")
+    checks = check_claims([r for r in records if dataset is None or r.dataset == dataset])
+    table = Table(title="The paper's claims on these records")
+    for col in ("claim", "where", "verdict", "numbers (mAP %)"):
+        table.add_column(col)
+    styles = {HELD: "green", NOT_HELD: "red"}
+    for c in checks:
+        table.add_row(c.claim, c.scope, Text(c.status, style=styles.get(c.status, "yellow")),
+                      c.evidence)
+    console.print(table)
     console.print(f"report: {path}" + ("" if figures else " (no sweep found)"))

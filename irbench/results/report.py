@@ -2,7 +2,8 @@
 
 The figure of the seed paper's Fig. 4: mAP against the number of regions K for each
 fusion strategy, from the records of a `--sweep regions=... --sweep fusion=...` run.
-Records whose other config fields differ go to separate figures.
+Records whose other config fields differ go to separate figures. The report ends with
+the paper's qualitative claims evaluated on the records (`irbench.results.claims`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def write_report(records: list[RunRecord], out_dir: Path, dataset: str | None = 
             lines.append(f"| {fusion} | " + " | ".join(cells) + " |")
         changed = ", ".join(f"{k}={v}" for k, v in sorted(fig.changed.items()))
         lines += ["", f"Settings other than the defaults: {changed or 'none'}", ""]
+    from irbench.results.claims import check_claims, claims_markdown
+
+    lines += claims_markdown(check_claims(
+        [r for r in records if dataset is None or r.dataset == dataset]))
     path = out_dir / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path, figures
