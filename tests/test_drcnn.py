@@ -151,3 +151,38 @@ def test_detector_resumes_from_its_checkpoint(tiny_demo, tmp_path):
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
                          strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_vgg16_detector_head_is_imagenet_fc6_fc7_on_roi_pooling(tmp_path):
+    """py-faster-rcnn's VGG16 detector: roi_pool5 (7x7 max pooling at 1/16) feeding
+    VGG16's own fc6/fc7 (4,096-D), copied from the weights the backbone loads."""
+    from torchvision.models import vgg16
+
+    from irbench.methods.cnn.detector import RoIPool, describe_detector, detect, state_arrays
+
+    torch.manual_seed(0)
+    reference = vgg16().state_dict()  # stands in for ImageNet's: any state dict loads
+    path = tmp_path / "vgg16.pt"
+    torch.save(reference, path)
+    s = DetectorSettings(backbone="vgg16", weights=str(path), classes=2, min_size=128,
+                         max_size=160, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20)
+    model = build_detector(s).eval()
+    head = model.roi_heads.box_head
+    fc = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in fc] == [(25088, 4096), (4096, 4096)]
+    torch.testing.assert_close(fc[0].weight, reference["classifier.0.weight"])
+    torch.testing.assert_close(fc[0].bias, reference["classifier.0.bias"])
+    torch.testing.assert_close(fc[1].weight, reference["classifier.3.weight"])
+    assert isinstance(model.roi_heads.box_roi_pool, RoIPool)
+    assert model.roi_heads.box_predictor.cls_score.in_features == 4096
+    image = (np.random.default_rng(0).random((128, 160, 3)) * 255).astype(np.uint8)
+    out = detect(model, image, 3, with_class_scores=True)
+    assert out["class_scores"].shape == (len(out["boxes"]), 2)
+    info = describe_detector(state_arrays(model), "vgg16", 1)
+    assert "fc6/fc7" in info["detector_box_head"]
+    assert "box_head.1: 25088->4096" in info["detector_box_layers"]
+    assert info["detector_parameters"]["box_head"] == 25088 * 4096 + 4096 + 4096 * 4096 + 4096
+    # weights=none: the same 4,096-D head, randomly initialized (marked untrained)
+    untrained = build_detector(DetectorSettings(backbone="vgg16", weights="none"),
+                               pretrained=False)
+    assert untrained.roi_heads.box_head[1].out_features == 4096

@@ -12,11 +12,40 @@ What the paper fixes, and where it is set:
     torchvision's RPN and box-head losses, summed with weight 1 (torchvision normalizes
     the box term by the sampled anchors, the role of the paper's λ / N_reg).
 Left open by the paper, with the defaults chosen: the heads are class-agnostic
-("object" vs background) unless `class_scores` asks for N classes; anchors of sizes
-32..512 and ratios 0.5, 1, 2 on the backbone's last map (py-faster-rcnn's); SGD with
-momentum 0.9, weight decay 5e-4, learning rate 1e-3 (py-faster-rcnn's), horizontal flips;
+("object" vs background) unless `class_scores` asks for N classes; SGD with momentum
+0.9, weight decay 5e-4, learning rate 1e-3 (py-faster-rcnn's), horizontal flips;
 test-time NMS 0.3 (py-faster-rcnn's). Proposal and sampling sizes are fields, so a CPU
-run can use fewer (see the README) while the paper's settings stay the default.
+run can use fewer (see the README).
+
+The box head. VGG16 gets py-faster-rcnn's VGG16 end-to-end head: `roi_pool5` (7 x 7 max
+pooling at 1/16, `RoIPool`) feeding VGG16's own ImageNet fc6 and fc7 (4,096-D, ReLU,
+dropout 0.5; `vgg16_box_head`), then `cls_score` (std 0.01) and `bbox_pred` (std 0.001)
+(train.prototxt of models/pascal_voc/VGG16/faster_rcnn_end2end; the weights come from
+VGG16.v2.caffemodel, copied by layer name). Other backbones have no pretrained fully
+connected layers to start a head from and get torchvision's `TwoMLPHead` (2 x 1,024-D,
+random) on 7 x 7 RoIAlign (`BOX_HEADS`). The record states the head, its layer shapes and
+the parameters per part (`describe_detector`).
+
+py-faster-rcnn's values (rbgirshick/py-faster-rcnn, lib/fast_rcnn/config.py at 54d2576,
+experiments/cfgs/faster_rcnn_end2end.yml, the VGG16 end2end solver.prototxt,
+lib/rpn/generate_anchors.py) against the defaults here, which do NOT all follow it yet:
+
+    constant                     py-faster-rcnn                   here (default)
+    anchors                      9: 128, 256, 512 px x 0.5/1/2    15: 32..512 px x 0.5/1/2
+    RoIs per image (BATCH_SIZE)  128, FG_FRACTION 0.25            512, 0.25
+    RPN pre/post NMS, train      12,000 / 2,000 (NMS 0.7)         2,000 / 2,000
+    RPN pre/post NMS, test       6,000 / 300                      1,000 / 300
+    RPN batch, fg fraction       256, 0.5; IoU 0.7 / 0.3          the same
+    FG_THRESH, BG_THRESH_HI/LO   0.5, 0.5 / 0.1 (0.0 in later     torchvision: 0.5 / 0.5,
+                                 end2end ymls)                    lower bound 0
+    image scale                  shorter side 600, longer <= 1000 the same
+    learning rate                0.001, step x0.1 at 50,000 of    0.001 constant, epochs
+                                 70,000 iterations (VOC07)
+    momentum, weight decay       0.9, 0.0005                      the same
+    frozen layers                conv1_x and conv2_x (lr_mult 0)  the paper's "initial two
+                                                                  convolution layers":
+                                                                  conv1_1, conv1_2
+    test NMS                     0.3                              the same
 """
 
 from __future__ import annotations
@@ -83,6 +112,73 @@ def _conv_only(net: BackboneNet, x: torch.Tensor) -> torch.Tensor:
     return _ADAPTERS[type(net.net).__name__].conv(net.net, x)
 
 
+class RoIPool(nn.Module):
+    """py-faster-rcnn's `roi_pool5`: max pooling of each proposal to `output_size` ×
+    `output_size` cells of the single feature map, at the map's stride (VGG16: 1/16, the
+    prototxt's `spatial_scale: 0.0625`). The scale is inferred from the map and the
+    padded image size, as torchvision's `MultiScaleRoIAlign` does."""
+
+    def __init__(self, output_size: int = 7) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, features, proposals, image_shapes) -> torch.Tensor:
+        from torchvision.ops import roi_pool
+
+        x = features["0"] if isinstance(features, dict) else features
+        height = max(int(h) for h, _ in image_shapes)
+        scale = 2.0 ** round(float(np.log2(x.shape[-2] / height)))
+        return roi_pool(x, proposals, self.output_size, spatial_scale=scale)
+
+
+def vgg16_box_head(net: BackboneNet) -> nn.Sequential:
+    """py-faster-rcnn's VGG16 head on `roi_pool5`: fc6 (25,088 → 4,096), ReLU, dropout
+    0.5, fc7 (4,096 → 4,096), ReLU, dropout 0.5 — VGG16's own ImageNet layers (copied
+    from `net`'s classifier, as Caffe's `copy_from` fills them by layer name), whose
+    input is exactly the 7 × 7 × 512 RoI pool."""
+    import copy
+
+    head = nn.Sequential(nn.Flatten(), *copy.deepcopy(net.net.classifier[:6]))
+    head.out_channels = 4096
+    return head
+
+
+BOX_HEADS = {
+    "vgg16": "py-faster-rcnn's: ImageNet fc6/fc7 (4,096-D) on 7x7 RoI max pooling at 1/16",
+}
+"""The box head per detector backbone; any other gets torchvision's `TwoMLPHead`
+(two randomly initialized 1,024-D layers on 7x7 RoIAlign): ResNet and EfficientNet have
+no pretrained fully connected layers but their classifier to start it from."""
+DEFAULT_BOX_HEAD = "torchvision's TwoMLPHead: 2 x 1,024-D, random init, on 7x7 RoIAlign"
+
+
+def head_of(backbone: str) -> str:
+    """What box head a detector on `backbone` gets (part of the detector's cache key)."""
+    return BOX_HEADS.get(backbone, DEFAULT_BOX_HEAD)
+
+
+def describe_detector(arrays: dict[str, Any], backbone: str, frozen_stages: int
+                      ) -> dict[str, Any]:
+    """For the run record, from a trained detector's arrays: the box head, the shapes of
+    its fully connected layers and of the predictor, and the parameters per part
+    (backbone, rpn, box head, box predictor; the backbone's first `frozen_stages` stages
+    are frozen)."""
+    parts = {"backbone": "w/backbone.", "rpn": "w/rpn.", "box_head": "w/roi_heads.box_head.",
+             "box_predictor": "w/roi_heads.box_predictor."}
+    counts = {name: int(sum(np.asarray(v).size for k, v in arrays.items()
+                            if k.startswith(prefix) and not k.endswith(("running_mean",
+                                                                        "running_var",
+                                                                        "num_batches_tracked"))))
+              for name, prefix in parts.items()}
+    layers = [f"{k.removeprefix('w/roi_heads.').removesuffix('.weight')}: "
+              f"{np.asarray(v).shape[1]}->{np.asarray(v).shape[0]}"
+              for k, v in arrays.items()
+              if k.startswith("w/roi_heads.") and k.endswith(".weight")
+              and np.asarray(v).ndim == 2]
+    return {"detector_box_head": head_of(backbone), "detector_box_layers": layers,
+            "detector_parameters": counts, "detector_frozen_stages": frozen_stages}
+
+
 FPN = "resnet50-fpn"
 """The one detector backbone that is not a registered feature backbone: ResNet-50 with a
 feature pyramid (Lin et al. 2017), torchvision's, on `resnet50`'s ImageNet weights."""
@@ -111,10 +207,15 @@ def build_detector(s: DetectorSettings, *, pretrained: bool = True) -> nn.Module
         anchors = AnchorGenerator(sizes=((32, 64, 128, 256, 512),),
                                   aspect_ratios=((0.5, 1.0, 2.0),))
         pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    head = None
+    if s.backbone == "vgg16":
+        head = vgg16_box_head(net)
+        net.net.classifier = nn.Identity()  # fc6/fc7 now live in the head; fc8 is unused
     model = FasterRCNN(
-        body, num_classes=s.classes + 1, min_size=s.min_size, max_size=s.max_size,
+        body, num_classes=s.classes + 1 if head is None else None, min_size=s.min_size, max_size=s.max_size,
         image_mean=[m / 255 for m in spec.mean], image_std=[v / 255 for v in spec.std],
-        rpn_anchor_generator=anchors, box_roi_pool=pool,
+        rpn_anchor_generator=anchors, box_roi_pool=pool, box_head=head,
+        box_predictor=None if head is None else _predictor(head.out_channels, s.classes + 1),
         rpn_pre_nms_top_n_train=s.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=s.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=s.rpn_pre_nms_top_n_test,
@@ -123,11 +224,25 @@ def build_detector(s: DetectorSettings, *, pretrained: bool = True) -> nn.Module
         rpn_batch_size_per_image=s.rpn_batch_size_per_image,
         box_batch_size_per_image=s.box_batch_size_per_image,
         box_nms_thresh=s.box_nms_thresh, box_score_thresh=0.0, box_detections_per_img=100)
+    if head is not None:  # torchvision accepts only its RoIAlign here: swap it after
+        model.roi_heads.box_roi_pool = RoIPool(7)
     if s.backbone != FPN:  # the FPN extractor froze its own leading layers
         for stage in net.stages()[:s.frozen_stages]:
             for p in stage.parameters():
                 p.requires_grad_(False)
     return model
+
+
+def _predictor(channels: int, classes: int) -> nn.Module:
+    """py-faster-rcnn's `cls_score` (std 0.01) and `bbox_pred` (std 0.001) on fc7."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    pred = FastRCNNPredictor(channels, classes)
+    nn.init.normal_(pred.cls_score.weight, std=0.01)
+    nn.init.normal_(pred.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(pred.cls_score.bias)
+    nn.init.zeros_(pred.bbox_pred.bias)
+    return pred
 
 
 def frozen_parameters(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -43,7 +43,9 @@ from irbench.methods.cnn.detector import (
     FPN,
     DetectorSettings,
     class_scores_of,
+    describe_detector,
     detect,
+    head_of,
     iou,
     model_from_arrays,
     pad_regions,
@@ -152,7 +154,8 @@ class DrcnnMethod(Method):
         class_of = {c: i + 1 for i, c in enumerate(self._classes)} if cfg.class_scores else {}
         s = self.settings()
         inputs = {"train": self.context.identify(tuple(boxed)),
-                  "classes": self._classes if cfg.class_scores else []}
+                  "classes": self._classes if cfg.class_scores else [],
+                  "box_head": head_of(cfg.backbone)}
         checkpoint = checkpoint_path(self, "detector", inputs)
 
         def compute() -> dict[str, Any]:
@@ -168,7 +171,8 @@ class DrcnnMethod(Method):
         if checkpoint is not None and checkpoint.is_file():
             checkpoint.unlink()
         self._info.update({"detector_backbone": cfg.backbone, "detector_train_images":
-                           len(boxed), "detector_history": art.get("history", [])})
+                           len(boxed), "detector_history": art.get("history", []),
+                           **describe_detector(art, cfg.backbone, cfg.frozen_stages)})
 
     def detector(self):
         if self._detector is None:
