@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from irbench.cli.ui import console, err_console
+from irbench.cli.ui import console, err_console, results_dir_option
 from irbench.results import leaderboard as lb
 from irbench.results.store import default_results_dir, read_records
 
@@ -19,8 +17,7 @@ from irbench.results.store import default_results_dir, read_records
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]),
               default="table", show_default=True, help="Output format.")
 @click.option("--no-reported", is_flag=True, help="Hide the paper's reported reference rows.")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=None,
-              help="Where run records are read from [env IRBENCH_RESULTS; default: ./results].")
+@results_dir_option("Where run records are read from")
 def leaderboard_cmd(dataset, fmt, no_reported, results_dir) -> None:
     """Compare runs: rows are method + config, columns datasets (and protocol settings),
     cells mAP in %. Rows marked `reported` are the paper's numbers, not measured here."""

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from irbench.cli.ui import console, err_console
+from irbench.cli.ui import console, err_console, results_dir_option
 from irbench.harness.runner import check_writable
 from irbench.results.claims import HELD, NOT_HELD, check_claims
 from irbench.results.report import write_report
@@ -21,8 +21,7 @@ from irbench.results.store import default_results_dir, read_records
               help="Method whose regions x fusion sweep is drawn.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: <results dir>/report].")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=None,
-              help="Where run records are read from [env IRBENCH_RESULTS; default: ./results].")
+@results_dir_option("Where run records are read from")
 def report_cmd(dataset, method, out, results_dir) -> None:
     """Draw mAP against the number of regions K, one line per fusion (the paper's Fig. 4),
     from the run records of a `--sweep regions=... --sweep fusion=...` run, and check the

@@ -7,12 +7,18 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from irbench.cli.ui import console, make_progress, parse_pairs, setup_logging
+from irbench.cli.ui import (
+    console,
+    make_progress,
+    parse_pairs,
+    results_dir_option,
+    setup_logging,
+)
 from irbench.harness.cache import default_cache_dir
 from irbench.harness.parallel import default_workers
 from irbench.harness.runner import RunOptions, run, sweep
 from irbench.harness.search import BACKENDS
-from irbench.results.leaderboard import config_label, run_label
+from irbench.results.leaderboard import config_label, percent, run_label
 from irbench.results.store import RunRecord, default_results_dir
 
 
@@ -21,9 +27,7 @@ def common_paths(fn):
     fn = click.option("--data-root", type=click.Path(path_type=Path), default=None,
                       help="Root of downloaded datasets [env IRBENCH_DATA; default: "
                            "<cache-dir>/data].")(fn)
-    fn = click.option("--results-dir", type=click.Path(path_type=Path), default=None,
-                      help="Where run records are written [env IRBENCH_RESULTS; default: "
-                           "./results].")(fn)
+    fn = results_dir_option("Where run records are written")(fn)
     fn = click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
                       help="Stage artifacts and generated datasets [env IRBENCH_CACHE; "
                            "default: ~/.cache/irbench].")(fn)
@@ -117,8 +121,8 @@ def records_table(records: list[RunRecord]) -> Table:
         reused = "all" if len(cached) >= 3 else (", ".join([*cached, *hits]) or "none")
         for setting, m in r.metrics["settings"].items():
             row = [r.method, config_label(r), *([run_label(r)] if runs else []),
-                   *([setting] if named else []), _pct(m["map"])]
-            row += [_pct(m["precision_at"].get(k)) for k in ks]
+                   *([setting] if named else []), percent(m["map"])]
+            row += [percent(m["precision_at"].get(k)) for k in ks]
             if has_ns:
                 ns = r.metrics.get("ns_score")
                 row.append("—" if ns is None else f"{ns:.3f}")
@@ -129,6 +133,3 @@ def records_table(records: list[RunRecord]) -> Table:
             table.add_row(*row)
     return table
 
-
-def _pct(v) -> str:
-    return "—" if v is None else f"{100 * v:.2f}"

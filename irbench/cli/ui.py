@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -67,3 +68,9 @@ def parse_pairs(pairs: tuple[str, ...], option: str) -> dict[str, str]:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
         out[key.strip()] = value.strip()
     return out
+
+
+def results_dir_option(what: str):
+    """The `--results-dir` option of the commands that write or read run records."""
+    return click.option("--results-dir", type=click.Path(path_type=Path), default=None,
+                        help=f"{what} [env IRBENCH_RESULTS; default: ./results].")

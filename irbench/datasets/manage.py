@@ -33,7 +33,9 @@ from irbench.harness.progress import NULL_PROGRESS, Progress
 log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
-IMAGE_SUFFIXES = (".jpg", ".jpeg")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+"""The images of the downloadable data packages (all JPEG), as opposed to the readable
+image types of `irbench.datasets.images.IMAGE_SUFFIXES`."""
 
 
 def resolve(name: str) -> tuple[Any | None, list[Package]]:
@@ -151,7 +153,7 @@ def _import_parts(pkg: Package, data_root: Path, parts: Sequence[Path],
         done = pkg.state_dir(data_root) / "complete" / f"import-{part.name}"
         if done.is_file():
             continue
-        total += extract(part, pkg.path(data_root) / "jpg", keep=IMAGE_SUFFIXES,
+        total += extract(part, pkg.path(data_root) / "jpg", keep=JPEG_SUFFIXES,
                          progress=progress)
         atomic_write_text(done, str(part) + "\n")
     return f"{pkg.name}: extracted {total} images from {len(parts)} archive(s) into " \
@@ -200,7 +202,7 @@ class VerifyReport:
 
 
 def _decode(path: str) -> str | None:
-    if path.lower().endswith(IMAGE_SUFFIXES):
+    if path.lower().endswith(JPEG_SUFFIXES):
         problem = jpeg_problem(path)
         if problem:
             return problem
@@ -324,7 +326,7 @@ def _package_paths(pkg: Package, data_root: Path, report: VerifyReport) -> list[
 def _image_files(folder: Path) -> list[Path]:
     if not folder.exists():
         return []
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in JPEG_SUFFIXES
                   and STATE_DIR not in p.parts and not p.name.startswith("."))
 
 
@@ -375,7 +377,7 @@ def info(name: str, data_root: Path) -> dict[str, Any]:
             else:
                 out["status"] = "ready"
                 suspect = [f"{p}: {why}" for p in dict.fromkeys(_dataset_paths(ds))
-                           if str(p).lower().endswith(IMAGE_SUFFIXES)
+                           if str(p).lower().endswith(JPEG_SUFFIXES)
                            and (why := jpeg_problem(p))]
                 if suspect:
                     out["status"] = "corrupt images"

@@ -174,7 +174,8 @@ def _column(dataset: str, setting: str) -> str:
     return f"{dataset}/{setting}" if setting else dataset
 
 
-def _pct(value: float | None, digits: int = 2) -> str:
+def percent(value: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage with `digits` decimals, or — when unknown."""
     return "—" if value is None else f"{100.0 * value:.{digits}f}"
 
 
@@ -208,7 +209,7 @@ def overview(records: list[RunRecord], *, reported: bool = True,
             if col in row:  # same label, other run (defaults changed between versions)
                 row_key = (*row_key[:3], f"{row_key[3]} [{r.run_id[-8:]}]")
                 row = cells.setdefault(row_key, {})
-            row[col] = _pct(m.get("map"))
+            row[col] = percent(m.get("map"))
     if reported:
         for rep in REPORTED:
             col = _column(rep.dataset, rep.setting)
@@ -280,8 +281,8 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
             row.append(by_fp[r.dataset_fingerprint])
         for s in settings:
             m = r.metrics.get("settings", {}).get(s, {})
-            row.append(_pct(m.get("map")))
-            row.extend(_pct(m.get("precision_at", {}).get(k)) for k in ks)
+            row.append(percent(m.get("map")))
+            row.extend(percent(m.get("precision_at", {}).get(k)) for k in ks)
         if has_ns:
             ns = r.metrics.get("ns_score")
             row.append("—" if ns is None else f"{ns:.3f}")
