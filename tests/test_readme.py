@@ -32,3 +32,56 @@ def test_set_up_section_has_two_commands():
     section = readme.split("## Set up", 1)[1].split("##", 1)[0]
     block = section.split("```", 2)[1].strip().splitlines()
     assert block == ['pip install -e ".[dev]"', "python -m pytest"]
+
+
+def _sections(readme: str) -> dict[str, str]:
+    """README sections by their `### ` heading."""
+    out, heading = {}, None
+    for line in readme.splitlines():
+        if line.startswith("## "):
+            heading = None
+        elif line.startswith("### "):
+            heading = line[4:]
+            out[heading] = ""
+        elif heading is not None:
+            out[heading] += line + "\n"
+    return out
+
+
+def _section_of(name: str, sections: dict[str, str]) -> str | None:
+    words = name.split()
+    for heading in sections:
+        if f"`{name}`" in heading or (len(words) == 3 and f"`{' '.join(words[:2])} " in heading
+                                       and words[2] in heading.replace("`", " ").split()):
+            return heading
+    return None
+
+
+def test_each_command_section_matches_its_help():
+    """Each command's README section names exactly the options its --help has: every
+    real option is documented there, and no option documented there is gone."""
+    import re
+
+    sections = _sections((REPO / "README.md").read_text())
+    covered: dict[str, set[str]] = {}
+    problems = []
+    for name, cmd in _commands(cli):
+        if isinstance(cmd, click.Group):
+            continue
+        heading = _section_of(name, sections)
+        if heading is None:
+            problems.append(f"{name}: no README section whose heading names it")
+            continue
+        longs = {o for p in cmd.params if isinstance(p, click.Option)
+                 for o in p.opts if o.startswith("--")} | {"--help"}
+        covered.setdefault(heading, set()).update(longs)
+        body = sections[heading]
+        for p in cmd.params:
+            opts = [o for o in p.opts if o.startswith("--")] if isinstance(p, click.Option) else []
+            if opts and not any(re.search(rf"{re.escape(o)}(?![\w-])", body) for o in opts):
+                problems.append(f"{name} {opts[0]}: missing from section {heading!r}")
+    for heading, longs in covered.items():
+        for o in sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", sections[heading]))):
+            if o not in longs:
+                problems.append(f"section {heading!r} documents {o}, which its commands lack")
+    assert not problems, "\n".join(problems)
