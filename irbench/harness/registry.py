@@ -56,6 +56,7 @@ class Registry(Generic[T]):
         self._validate = validate
         self._entries: dict[str, Entry[T]] = {}
         self._broken: dict[str, Broken] = {}
+        self._imported: set[tuple[str, str, str]] = set()
         self._loaded = group is None
 
     def register(self, name: str, obj: T, source: str = "irbench") -> T:
@@ -77,17 +78,33 @@ class Registry(Generic[T]):
         self._loaded = True
         for ep in sorted(_entry_points(self.group), key=lambda e: (_dist_name(e) != "irbench",
                                                                   e.name)):
-            source = _dist_name(ep)
-            try:
-                obj = ep.load()
-                self.register(ep.name, obj, source=source)
-            except Exception as exc:  # a broken plugin must not break the harness
-                self._broken[ep.name if ep.name not in self._broken else f"{ep.name}@{source}"] = (
-                    Broken(ep.name, ep.value, source, f"{type(exc).__name__}: {exc}"))
-                log.warning("%s plugin %r from %s is broken: %s", self.kind, ep.name, source, exc)
+            self._load(ep)
+
+    def _load(self, ep: metadata.EntryPoint) -> None:
+        """Import one entry point (once) and register it, or record it as broken."""
+        source = _dist_name(ep)
+        ident = (ep.name, ep.value, source)
+        if ident in self._imported:
+            return
+        self._imported.add(ident)
+        try:
+            obj = ep.load()
+            self.register(ep.name, obj, source=source)
+        except Exception as exc:  # a broken plugin must not break the harness
+            self._broken[ep.name if ep.name not in self._broken else f"{ep.name}@{source}"] = (
+                Broken(ep.name, ep.value, source, f"{type(exc).__name__}: {exc}"))
+            log.warning("%s plugin %r from %s is broken: %s", self.kind, ep.name, source, exc)
 
     def get(self, name: str) -> T:
-        self.load_entry_points()
+        """The object registered as `name`. Only the entry points of that name are
+        imported (a SIFT run imports no CNN module, hence no torch); an unknown name
+        imports them all, to list the known ones."""
+        if not self._loaded:
+            for ep in sorted((e for e in _entry_points(self.group) if e.name == name),
+                             key=lambda e: _dist_name(e) != "irbench"):
+                self._load(ep)
+        if name not in self._entries and name not in self._broken:
+            self.load_entry_points()
         if name in self._entries:
             return self._entries[name].obj
         if name in self._broken:

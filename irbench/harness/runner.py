@@ -113,7 +113,10 @@ def check_writable(folder: Path, what: str, option: str) -> None:
 
 
 def check_device(device: str) -> None:
-    """ConfigError unless `device` names a torch device that exists on this machine."""
+    """ConfigError unless `device` names a torch device that exists on this machine
+    (`cpu` always does: checked without importing torch, which SIFT runs never need)."""
+    if device == "cpu":
+        return
     import torch
 
     try:
@@ -207,17 +210,22 @@ def _timed(timings: dict[str, StageTiming], stage: str, fn: Callable[[], Any]) -
 
 def environment() -> dict[str, Any]:
     """Versions of what changes numbers, the machine, and the git commit when available."""
+    from importlib import metadata
+
     import cv2
     import faiss
-    import torch
 
+    try:  # from the metadata, not by importing torch: SIFT runs never need it
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
     env = {
         "irbench": irbench.__version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "opencv": cv2.__version__,
         "faiss": getattr(faiss, "__version__", "unknown"),
-        "torch": torch.__version__,
+        "torch": torch_version,
         "platform": platform.platform(),
         "processor": platform.machine(),
         "cpus": os.cpu_count(),
@@ -391,10 +399,13 @@ def _is_untrained(config: Any) -> bool:
 
 
 def _seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and, when the method's code has imported it, torch's
+    generators (a method without torch never imports it: SIFT runs stay torch-free)."""
     import random
+    import sys
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    import torch
-
-    torch.manual_seed(seed)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
