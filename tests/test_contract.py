@@ -27,7 +27,13 @@ def _ranks(name, ds, cache_dir):
     return method.query(ds.queries, len(ds.database))
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+HEAVY = {"drcnn"}
+"""Methods whose contract test trains a network twice (about 40 s here): slow tests, so
+the default suite stays fast; CI runs them with the slow ones."""
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n
+                                  for n in METHODS.names()])
 def test_method_contract(name, tiny_demo, tmp_path):
     ds = tiny_demo
     ranks, scores = _ranks(name, ds, tmp_path / "a")
