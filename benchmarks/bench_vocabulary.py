@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import numpy as np
+from bench_invfile import timed  # the benchmarks' shared median-of-repeats timer
 
 from irbench.methods.sift.vocabulary import Vocabulary, train_kmeans
 
@@ -33,15 +32,6 @@ def data(n: int, clusters: int, seed: int) -> np.ndarray:
     np.maximum(x, 0, out=x)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return x
-
-
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def objective(x: np.ndarray, centroids: np.ndarray, words: np.ndarray) -> float:

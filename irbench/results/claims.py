@@ -69,6 +69,15 @@ def _fmt(values: dict[str, float], methods: tuple[str, ...]) -> str:
     return ", ".join(f"{m} {values[m]:.2f}" if m in values else f"{m} —" for m in methods)
 
 
+def _verdict(claim: str, scope: str, values: dict[str, float], methods: tuple[str, ...],
+             holds) -> ClaimCheck:
+    """`not enough runs` unless every method has a value, else whether `holds(values)`."""
+    evidence = _fmt(values, methods)
+    if not all(m in values for m in methods):
+        return ClaimCheck(claim, scope, NOT_ENOUGH, evidence)
+    return ClaimCheck(claim, scope, HELD if holds(values) else NOT_HELD, evidence)
+
+
 def cnn_order(records: list[RunRecord]) -> list[ClaimCheck]:
     claim = "CNN < F-CNN < DR-CNN"
     out = []
@@ -76,13 +85,8 @@ def cnn_order(records: list[RunRecord]) -> list[ClaimCheck]:
         methods = ("cnn", "fcnn", "drcnn")
         if not backbone or not any(m in values for m in methods):
             continue
-        scope = f"{dataset} ({backbone})"
-        if not all(m in values for m in methods):
-            out.append(ClaimCheck(claim, scope, NOT_ENOUGH, _fmt(values, methods)))
-            continue
-        held = values["cnn"] < values["fcnn"] < values["drcnn"]
-        out.append(ClaimCheck(claim, scope, HELD if held else NOT_HELD,
-                              _fmt(values, methods)))
+        out.append(_verdict(claim, f"{dataset} ({backbone})", values, methods,
+                            lambda v: v["cnn"] < v["fcnn"] < v["drcnn"]))
     if not out:
         out.append(ClaimCheck(claim, "any dataset", NOT_ENOUGH,
                               "no run of cnn, fcnn or drcnn"))
@@ -100,13 +104,8 @@ def sift_beat_cnn(records: list[RunRecord]) -> list[ClaimCheck]:
         values = {**sift, **({"cnn": max(cnn)} if cnn else {})}
         if not values:
             continue
-        methods = ("cop", "he-wgc", "cnn")
-        if len(values) < 3:
-            out.append(ClaimCheck(claim, dataset, NOT_ENOUGH, _fmt(values, methods)))
-            continue
-        held = values["cop"] > values["cnn"] and values["he-wgc"] > values["cnn"]
-        out.append(ClaimCheck(claim, dataset, HELD if held else NOT_HELD,
-                              _fmt(values, methods)))
+        out.append(_verdict(claim, dataset, values, ("cop", "he-wgc", "cnn"),
+                            lambda v: v["cop"] > v["cnn"] and v["he-wgc"] > v["cnn"]))
     if not out:
         out.append(ClaimCheck(claim, "instre, instre-s", NOT_ENOUGH,
                               "no run on INSTRE or INSTRE-S"))
