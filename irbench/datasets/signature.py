@@ -15,7 +15,8 @@ the whole file anyway, and an edit in the middle of a larger file would go unsee
 
 The memo is one SQLite file in the cache (`signatures.sqlite`): safe to share between
 processes and people, written in one transaction per call, and rebuilt (with a warning)
-when it is damaged. Files that are missing, unreadable, empty, not an image (by their
+when it is damaged; a memo another process keeps locked past the connection's 60 s
+timeout is left alone and skipped for that call (with a warning), never deleted. Files that are missing, unreadable, empty, not an image (by their
 leading bytes) or truncated (a JPEG without its end-of-image marker, a PNG without its
 IEND chunk: decoders still return the top of such a picture, silently) are reported all
 at once, before any long computation starts; a bad file is never memoized, so it is
@@ -212,6 +213,9 @@ class ImageSigner:
                         out[row[0]] = ((row[1], row[2], row[3], row[4]), row[5])
             finally:
                 con.close()
+        except sqlite3.OperationalError as exc:  # busy or locked: not damage
+            self._memo_unavailable(exc)
+            return {}
         except sqlite3.DatabaseError as exc:
             self._discard_memo(exc)
             return {}
@@ -228,8 +232,18 @@ class ImageSigner:
                                     [(p, *st, d) for p, st, d in rows])
             finally:
                 con.close()
+        except sqlite3.OperationalError as exc:
+            self._memo_unavailable(exc)
         except sqlite3.DatabaseError as exc:
             self._discard_memo(exc)
+
+    def _memo_unavailable(self, exc: Exception) -> None:
+        # Another process holds the memo longer than the connection's timeout (or the
+        # folder is read-only): this call neither reads nor writes it. Signatures are
+        # still computed from the files, so only speed is lost, and the memo (which
+        # someone else may be using) is left alone.
+        log.warning("the image signature memo %s is unavailable (%s); signatures are "
+                    "computed from the files this time", self.memo, exc)
 
     def _discard_memo(self, exc: Exception) -> None:
         log.warning("the image signature memo %s is damaged (%s); deleting it (signatures "
