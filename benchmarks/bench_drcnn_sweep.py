@@ -24,7 +24,8 @@ from irbench.harness.runner import RunOptions, run, sweep
 FAST = {"backbone": "efficientnet-lite0", "min_size": 240, "max_size": 320,
         "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
         "rpn_pre_nms_top_n_test": 600, "rpn_post_nms_top_n_test": 300,
-        "box_batch_size_per_image": 128, "detector_epochs": 1}
+        "anchor_sizes": (64, 128, 256), "box_batch_size_per_image": 128,
+        "detector_iterations": 36, "detector_learning_rate": 0.01}
 
 
 def _cold(cache: Path) -> None:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from irbench.cli.main import cli
 from irbench.harness.parallel import parallel_map
+from irbench.results.store import read_records
 from tests.conftest import REPO
 from tests.test_parallel import (
     kill_leftovers,
@@ -200,3 +201,46 @@ def test_workers_below_one_is_a_usage_error(tmp_path, value):
                                       "--no-record", "-q", "--workers", value])
     assert result.exit_code == 2
     assert "--workers" in result.output
+
+
+def test_reports_of_other_datasets_go_to_their_own_folders():
+    from irbench.cli.report import report_name
+
+    names = {report_name("drcnn", None), report_name("drcnn", "demo"),
+             report_name("drcnn", "demo[object_scale=small]"), report_name("cnn", "demo")}
+    assert len(names) == 4 and "drcnn__demo_object_scale_small" in names
+
+
+def test_several_seeds_give_one_record_each_and_their_spread(tmp_path):
+    manifest = make_manifest(tmp_path / "d")
+    common = ["--cache-dir", str(tmp_path / "c"), "--results-dir", str(tmp_path / "r")]
+    out = invoke("run", "-m", "mean-color", "-d", f"manifest:{manifest}", "-q",
+                 "--seeds", "0,1,2", *common)
+    assert out.exit_code == 0, out.output
+    assert "across seeds" in out.output and " ± " in out.output
+    records, problems = read_records(tmp_path / "r")
+    assert not problems and sorted(r.seed for r in records) == [0, 1, 2]
+    from irbench.results.stats import across_seeds
+
+    spread = across_seeds([100 * r.metrics["settings"][""]["map"] for r in records])
+    assert f"{spread.mean:.2f} ± {spread.std:.2f}" in out.output and spread.runs == 3
+    for bad, message in (("1,1", "distinct"), ("a,b", "integers")):
+        out = invoke("run", "-m", "mean-color", "-d", f"manifest:{manifest}", "-q",
+                     "--seeds", bad, *common)
+        assert out.exit_code == 2 and message in out.output
+    out = invoke("run", "-m", "mean-color", "-d", f"manifest:{manifest}", "-q",
+                 "--seed", "3", "--seeds", "0,1", *common)
+    assert out.exit_code == 2 and "either --seed or --seeds" in out.output
+
+
+def test_methods_name_shows_one_method_field_by_field():
+    out = invoke("methods", "drcnn")
+    assert out.exit_code == 0 and "detector_iterations" in out.output
+    assert "concat | mean | max" in out.output and "he-wgc" not in out.output
+    out = invoke("methods", "drcnn", "--json")
+    data = json.loads(out.output)
+    assert [m["name"] for m in data["methods"]] == ["drcnn"]
+    out = invoke("methods", "drcn")
+    assert out.exit_code == 2 and "Did you mean: drcnn" in out.output
+    out = invoke("datasets", "demo")
+    assert out.exit_code == 0 and "object_scale" in out.output

@@ -32,8 +32,9 @@ HEAVY = {"drcnn"}
 the default suite stays fast; CI runs them with the slow ones."""
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n
-                                  for n in METHODS.names()])
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[pytest.mark.slow, pytest.mark.timeout(600)]) if n in HEAVY
+    else pytest.param(n, marks=pytest.mark.timeout(180)) for n in METHODS.names()])
 def test_method_contract(name, tiny_demo, tmp_path):
     ds = tiny_demo
     ranks, scores = _ranks(name, ds, tmp_path / "a")

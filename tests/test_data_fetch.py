@@ -193,6 +193,14 @@ def test_fetch_then_load_through_the_cli(local_holidays, tmp_path):
     info = runner.invoke(cli, ["data", "info", "holidays", "--data-root", str(tmp_path)])
     assert info.exit_code == 0 and "holidays: ready" in info.output
     assert "6 database images, 3 queries" in info.output
+    assert "turned by 90 degrees" not in info.output
+    # the dataset's own notes on its files: an image its upright copy turns
+    from tests.placeholders import jpeg_bytes
+
+    (tmp_path / "holidays" / "jpg_upright" / "100101.jpg").write_bytes(
+        jpeg_bytes(11, width=72, height=96))
+    info = runner.invoke(cli, ["data", "info", "holidays", "--data-root", str(tmp_path)])
+    assert "1 image(s) turned by 90 degrees in the upright copy: 100101" in info.output
 
 
 def test_fetch_from_an_archive_you_have(local_holidays, tmp_path, server):

@@ -191,10 +191,54 @@ def test_more_objects_than_the_catalogue_uses_patterns(tmp_path):
     assert len(set(labels)) == n and labels[-1].startswith("pattern-")
 
 
+
+def test_small_objects_among_clutter_objects(tmp_path):
+    """object_scale=small: a small object (5-20% of the image's area) over clutter
+    objects that are never instances; the default set keeps its folder and index."""
+    base = dict(SMALL, width=320, height=240, database_views=6)
+    large, small = _provider(tmp_path, **base), _provider(tmp_path, **base,
+                                                          object_scale="small")
+    assert large.folder().name == _provider(tmp_path / "other", **base).folder().name
+    assert large.folder() != small.folder()
+    ds_large, ds_small = large.load(), small.load()
+    assert ds_small.config == {**ds_large.config, "object_scale": "small"}
+    index = (ds_large.root / INDEX_NAME).read_text()
+    assert "object_scale" not in index  # the default is left out, as before the option
+
+    def box_share(ds):
+        return np.median([(im.box[2] - im.box[0]) * (im.box[3] - im.box[1]) / (320 * 240)
+                          for im in ds.database if im.box is not None])
+
+    assert box_share(ds_small) < box_share(ds_large)
+    assert {q.label for q in ds_small.queries} == {q.label for q in ds_large.queries}
+    # the pixels outside the object's box differ more from a plain background in small
+    # mode: clutter objects are there (a proxy: more strong edges outside the box)
+    import cv2
+
+    def edges_outside(ds):
+        out = []
+        for im in ds.database:
+            if im.box is None:
+                continue
+            grey = cv2.cvtColor(read_image(im.path), cv2.COLOR_RGB2GRAY)
+            e = cv2.Canny(grey, 100, 200) > 0
+            x1, y1, x2, y2 = (int(v) for v in im.box)
+            e[y1:y2, x1:x2] = False
+            out.append(e.mean())
+        return float(np.mean(out))
+
+    assert edges_outside(ds_small) > edges_outside(ds_large)
+
+
+def test_the_default_demo_keeps_its_identity():
+    """The folder of the default demo set, on which the reference records were made:
+    adding an option must not move it (that would orphan every cached artifact)."""
+    assert demo_module._identity_hash(DemoConfig()) == "0f102931168d"
+
 @pytest.mark.parametrize("field,value", [
     ("objects", 0), ("objects", 100000), ("query_views", 0), ("database_views", 0),
     ("train_views", -1), ("distractors", -1), ("width", 10), ("height", 0),
-    ("max_rotation", -5.0), ("occlusion", 1.5), ("seed", -1),
+    ("max_rotation", -5.0), ("occlusion", 1.5), ("seed", -1), ("object_scale", "tiny"),
 ])
 def test_bad_config_raises(field, value):
     with pytest.raises(ConfigError, match=field):

@@ -10,7 +10,7 @@ import torch
 from irbench.harness.registry import load_dataset
 from irbench.harness.runner import RunOptions, sweep
 from irbench.methods.cnn.detector import (
-    DetectorSettings,
+    DetectorConfig,
     build_detector,
     frozen_parameters,
     iou,
@@ -77,27 +77,96 @@ def tiny_demo(tmp_path_factory):
                         options={"objects": 3, "distractors": 1, "database_views": 2})
 
 
+SMALL_DETECTOR = dict(backbone="efficientnet-lite0", min_size=128, max_size=128,
+                      anchor_sizes=(32, 64, 128), rpn_pre_nms_top_n_train=100,
+                      rpn_post_nms_top_n_train=50, box_batch_size_per_image=32)
+
+
+def test_detector_defaults_are_py_faster_rcnn_s():
+    """The values read in py-faster-rcnn's config.py, solver and scripts."""
+    d = DetectorConfig()
+    assert (d.backbone, d.min_size, d.max_size, d.anchor_sizes) == ("vgg16", 600, 1000,
+                                                                    (128, 256, 512))
+    assert (d.rpn_pre_nms_top_n_train, d.rpn_post_nms_top_n_train) == (12000, 2000)
+    assert (d.rpn_pre_nms_top_n_test, d.rpn_post_nms_top_n_test) == (6000, 300)
+    assert (d.box_batch_size_per_image, d.box_nms_thresh) == (128, 0.3)
+    assert (d.detector_iterations, d.detector_lr_step, d.detector_learning_rate,
+            d.detector_images_per_iteration) == (70000, 50000, 1e-3, 2)
+    assert d.detector_classes == "per_label" and d.frozen_stages == 1
+    model = build_detector(d, 11, pretrained=False)
+    rpn, heads = model.rpn, model.roi_heads
+    assert rpn.anchor_generator.num_anchors_per_location() == [9]
+    assert (rpn._pre_nms_top_n, rpn._post_nms_top_n) == (
+        {"training": 12000, "testing": 6000}, {"training": 2000, "testing": 300})
+    assert rpn.fg_bg_sampler.batch_size_per_image == 256
+    assert heads.fg_bg_sampler.batch_size_per_image == 128
+    assert heads.fg_bg_sampler.positive_fraction == 0.25
+    assert heads.box_predictor.cls_score.out_features == 12  # 11 landmarks + background
+
+
+def test_step_schedule_and_loss_curve_points():
+    from irbench.methods.cnn.detector import history_window, learning_rate
+
+    d = DetectorConfig()
+    assert learning_rate(d, 0) == learning_rate(d, 49999) == 1e-3
+    assert learning_rate(d, 50000) == pytest.approx(1e-4)
+    assert learning_rate(DetectorConfig(detector_lr_step=0), 69999) == 1e-3
+    assert history_window(70000) == 1400 and history_window(7) == 1
+
+
+def test_convergence_rule():
+    from irbench.methods.cnn.detector import convergence_problems
+
+    falling = [{"loss": v} for v in np.linspace(2.0, 0.4, 20)]
+    flat = [{"loss": v} for v in [2.0, 2.0] + [1.9] * 16 + [1.8, 1.8]]
+    assert convergence_problems(falling, {"images": 10, "1": 0.8, "5": 1.0}) == []
+    low = convergence_problems(falling, {"images": 10, "1": 0.1, "5": 0.3})
+    assert len(low) == 1 and "30% of its own 10 train boxes" in low[0]
+    slow = convergence_problems(flat, {"images": 10, "1": 0.8, "5": 1.0})
+    assert len(slow) == 1 and "from 2.000 to 1.800" in slow[0]
+
+
 def test_detector_fine_tuning_lowers_losses_and_keeps_frozen_layers(tiny_demo):
-    s = DetectorSettings(backbone="efficientnet-lite0", min_size=128, max_size=128,
-                         rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-                         box_batch_size_per_image=32, epochs=3, learning_rate=5e-3)
-    frozen = frozen_parameters(build_detector(s))
+    s = DetectorConfig(**SMALL_DETECTOR, detector_iterations=9,
+                       detector_learning_rate=5e-3, detector_lr_step=6)
+    frozen = frozen_parameters(build_detector(s, 1))
     assert frozen and all("body.net._conv_stem" in k or "body.net._bn0" in k for k in frozen)
     model, history = train_detector(s, list(tiny_demo.train)[:6], {}, seed=0)
-    total = [sum(v for k, v in h.items() if k != "epoch") for h in history]
-    assert total[-1] < total[0]
+    assert [h["iteration"] for h in history] == list(range(1, 10))
+    assert [h["lr"] for h in history] == [5e-3] * 6 + [pytest.approx(5e-4)] * 3
+    total = [h["loss"] for h in history]
+    assert np.mean(total[-3:]) < np.mean(total[:3])
     after = dict(model.named_parameters())
     for k, v in frozen.items():
         assert torch.equal(after[k].detach(), v), k
 
 
 @pytest.mark.slow
-def test_sweep_extracts_regions_once(tiny_demo, tmp_path):
+def test_sweep_extracts_regions_once(tiny_demo, tmp_path, caplog, monkeypatch):
+    from irbench.methods.cnn import drcnn
+
+    monkeypatch.setattr(drcnn, "_WARNED", set())  # warned once per detector and process
     opts = RunOptions(cache_dir=tmp_path / "c", results_dir=tmp_path / "r", workers=1)
     over = {**FAST, "max_regions": 3}
-    records = sweep("drcnn", tiny_demo, {"regions": ["1", "2", "3"],
-                                         "fusion": ["concat", "mean", "max"]}, opts, over)
+    with caplog.at_level("WARNING", logger="irbench"):
+        records = sweep("drcnn", tiny_demo, {"regions": ["1", "2", "3"],
+                                             "fusion": ["concat", "mean", "max"]}, opts, over)
     assert len(records) == 9
+    info = records[0].method_info
+    assert [h["iteration"] for h in info["detector_history"]] == [1, 2, 3, 4]
+    assert info["detector_classes"] == len({im.label for im in tiny_demo.train})
+    assert set(info["detector_train_recall"]) == {"images", "1", "5"}
+    assert info["detector_converged"] == (not info["detector_convergence_problems"])
+    assert info["detector_converged"] == ("did not converge" not in caplog.text)
+    assert caplog.text.count("did not converge") == len(info["detector_convergence_problems"])
+    assert set(info["detector_trainable_parameters"]) == {"backbone", "rpn", "box_head",
+                                                          "box_predictor"}
+    ious = info["database_best_box_iou"]
+    assert len(ious) == len(tiny_demo.database) and all(
+        (v is None) == (im.box is None) for v, im in zip(ious, tiny_demo.database, strict=True))
+    assert len(info["query_best_box_iou"]) == len(tiny_demo.queries)
+    recall_1 = np.mean([v >= 0.5 for v in ious if v is not None])
+    assert recall_1 == pytest.approx(info["detection_recall_iou50"]["1"], abs=1e-4)
     computed = [e for r in records for e in r.cache_events
                 if e["kind"].startswith("drcnn/") and not e["hit"]]
     assert sorted(e["kind"] for e in computed) == ["drcnn/detector", "drcnn/query_regions",
@@ -116,9 +185,10 @@ def test_sweep_extracts_regions_once(tiny_demo, tmp_path):
 def test_detector_backbones_and_class_scores(backbone):
     from irbench.methods.cnn.detector import detect
 
-    s = DetectorSettings(backbone=backbone, weights="none", classes=3, min_size=96,
-                         max_size=96, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20)
-    model = build_detector(s).eval()
+    s = DetectorConfig(backbone=backbone, weights="none", min_size=96, max_size=96,
+                       anchor_sizes=(32, 64), rpn_pre_nms_top_n_test=50,
+                       rpn_post_nms_top_n_test=20)
+    model = build_detector(s, 3).eval()
     image = (np.random.default_rng(0).random((80, 100, 3)) * 255).astype(np.uint8)
     out = detect(model, image, 4, with_class_scores=True)
     assert out["boxes"].shape[1] == 4 and len(out["boxes"]) <= 4
@@ -138,16 +208,18 @@ def test_class_score_variant_end_to_end(tiny_demo, tmp_path):
 
 
 @pytest.mark.slow
-def test_detector_resumes_from_its_checkpoint(tiny_demo, tmp_path):
-    s = DetectorSettings(backbone="efficientnet-lite0", min_size=128, max_size=128,
-                         rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
-                         box_batch_size_per_image=32, epochs=2)
+def test_detector_resumes_from_its_checkpoint(tiny_demo, tmp_path, monkeypatch):
+    from irbench.methods.cnn import detector
+
+    monkeypatch.setattr(detector, "CHECKPOINTS", 2)
+    s = DetectorConfig(**SMALL_DETECTOR, detector_iterations=4, detector_lr_step=3)
     train = list(tiny_demo.train)[:4]
-    straight, _ = train_detector(s, train, {}, seed=1)
+    straight, curve = train_detector(s, train, {}, seed=1)
     ck = tmp_path / "ck.pt"
-    train_detector(s, train, {}, seed=1, checkpoint=ck, stop_after_epoch=1)
+    train_detector(s, train, {}, seed=1, checkpoint=ck, stop_after=2)  # interrupted
     resumed, history = train_detector(s, train, {}, seed=1, checkpoint=ck)
-    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["iteration"] for h in history] == [1, 2, 3, 4]
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in curve])
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
                          strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
@@ -158,15 +230,15 @@ def test_vgg16_detector_head_is_imagenet_fc6_fc7_on_roi_pooling(tmp_path):
     VGG16's own fc6/fc7 (4,096-D), copied from the weights the backbone loads."""
     from torchvision.models import vgg16
 
-    from irbench.methods.cnn.detector import RoIPool, describe_detector, detect, state_arrays
+    from irbench.methods.cnn.detector import RoIPool, describe_detector, detect
 
     torch.manual_seed(0)
     reference = vgg16().state_dict()  # stands in for ImageNet's: any state dict loads
     path = tmp_path / "vgg16.pt"
     torch.save(reference, path)
-    s = DetectorSettings(backbone="vgg16", weights=str(path), classes=2, min_size=128,
-                         max_size=160, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20)
-    model = build_detector(s).eval()
+    s = DetectorConfig(backbone="vgg16", weights=str(path), min_size=128, max_size=160,
+                       rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20)
+    model = build_detector(s, 2).eval()
     head = model.roi_heads.box_head
     fc = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in fc] == [(25088, 4096), (4096, 4096)]
@@ -178,11 +250,15 @@ def test_vgg16_detector_head_is_imagenet_fc6_fc7_on_roi_pooling(tmp_path):
     image = (np.random.default_rng(0).random((128, 160, 3)) * 255).astype(np.uint8)
     out = detect(model, image, 3, with_class_scores=True)
     assert out["class_scores"].shape == (len(out["boxes"]), 2)
-    info = describe_detector(state_arrays(model), "vgg16", 1)
+    info = describe_detector(model, "vgg16", 1)
     assert "fc6/fc7" in info["detector_box_head"]
     assert "box_head.1: 25088->4096" in info["detector_box_layers"]
     assert info["detector_parameters"]["box_head"] == 25088 * 4096 + 4096 + 4096 * 4096 + 4096
+    trainable = info["detector_trainable_parameters"]
+    conv1 = 3 * 64 * 9 + 64 + 64 * 64 * 9 + 64  # conv1_1, conv1_2: frozen (the paper)
+    assert trainable["backbone"] == info["detector_parameters"]["backbone"] - conv1
+    assert trainable["box_head"] == info["detector_parameters"]["box_head"]
     # weights=none: the same 4,096-D head, randomly initialized (marked untrained)
-    untrained = build_detector(DetectorSettings(backbone="vgg16", weights="none"),
+    untrained = build_detector(DetectorConfig(backbone="vgg16", weights="none"), 1,
                                pretrained=False)
     assert untrained.roi_heads.box_head[1].out_features == 4096

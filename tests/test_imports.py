@@ -32,3 +32,35 @@ def test_the_registry_imports_only_the_method_asked_for():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]
+
+
+def test_the_public_api_resolves_every_name_lazily():
+    """`import irbench` is cheap (no harness, numpy or torch), and every name of
+    `irbench.__all__` resolves to the object of the module that defines it."""
+    code = ("import sys, irbench; print(sorted(m for m in sys.modules if m.startswith("
+            "('irbench.', 'numpy', 'torch'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    import irbench
+    from irbench.harness import runner
+    from irbench.methods import base
+
+    for name in irbench.__all__:
+        assert getattr(irbench, name) is not None, name
+    assert irbench.run is runner.run and irbench.GlobalDescriptorMethod is base.GlobalDescriptorMethod
+    assert "bow" in irbench.list_methods() and "demo" in irbench.list_datasets()
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        irbench.nope  # noqa: B018
+
+
+def test_the_example_plugin_uses_only_the_public_api():
+    from pathlib import Path
+
+    source = (Path(__file__).parents[1] / "examples" / "plugin" / "irbench_color_histogram"
+              / "__init__.py").read_text()
+    imports = [line for line in source.splitlines() if line.startswith(("from irbench",
+                                                                        "import irbench"))]
+    assert imports and all(line.startswith("from irbench import ") for line in imports)

@@ -1,6 +1,7 @@
 """The README documents every command and option of the CLI."""
 
 import click
+import pytest
 
 from irbench.cli.main import cli
 from tests.conftest import REPO
@@ -85,3 +86,17 @@ def test_each_command_section_matches_its_help():
             if o not in longs:
                 problems.append(f"section {heading!r} documents {o}, which its commands lack")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_the_python_example_runs(tmp_path, monkeypatch):
+    """The README's "From Python" example, executed as written (in a scratch folder)."""
+    section = (REPO / "README.md").read_text().split("### From Python", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IRBENCH_CACHE", str(tmp_path / "cache"))
+    scope: dict = {}
+    exec(compile(code, "README.md (From Python)", "exec"), scope)  # noqa: S102
+    records, problems = scope["records"], scope["problems"]
+    assert not problems and len(records) == 3
+    assert scope["comparison"].settings

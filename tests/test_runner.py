@@ -71,3 +71,33 @@ def test_topk_truncates_and_is_recorded(tmp_path, tiny):
     assert rec.topk == 2 and rec.metrics["depth"] == 2
     full = run(MeanColor, tiny, options(tmp_path))
     assert rec.metrics["settings"][""]["map"] <= full.metrics["settings"][""]["map"]
+
+
+def test_record_keeps_query_ids_and_the_top_of_each_ranking(tmp_path, tiny):
+    """Per-query results need only the record: the query ids in the order of the APs,
+    and the top of each ranking with its scores, as deep as `keep_ranking` asks."""
+    from irbench.harness.registry import load_dataset
+
+    rec = run(MeanColor, tiny, options(tmp_path, keep_ranking=3))
+    ds = load_dataset(tiny, cache_dir=tmp_path / "cache")
+    assert rec.query_ids == [q.id for q in ds.queries]
+    assert len(rec.query_ids) == len(rec.metrics["settings"][""]["ap"])
+    kept = rec.ranking
+    assert kept["depth"] == 3 and len(kept["indices"]) == len(ds.queries)
+    assert all(len(row) == 3 for row in kept["indices"] + kept["scores"])
+    for scores in kept["scores"]:
+        assert scores == sorted(scores, reverse=True)  # best first
+    # the AP of each query follows from its kept ranking when the ranking holds it all
+    full = run(MeanColor, tiny, options(tmp_path, keep_ranking=100))
+    assert full.ranking["depth"] == full.database_size
+    for q, (row, truth) in enumerate(zip(full.ranking["indices"], ds.ground_truth,
+                                         strict=True)):
+        positives = set(np.asarray(truth["positives"]).tolist())
+        junk = set(np.asarray(truth.get("junk", [])).tolist())
+        row = [idx for idx in row if idx not in junk]  # junk images are not ranked
+        hits = [i for i, idx in enumerate(row) if idx in positives]
+        ap = np.mean([(n + 1) / (i + 1) for n, i in enumerate(hits)])
+        assert ap == pytest.approx(full.metrics["settings"][""]["ap"][q])
+    doc = json.loads((tmp_path / "results" / f"{full.run_id}.json").read_text())
+    assert doc["ranking"]["indices"] == full.ranking["indices"]
+    assert run(MeanColor, tiny, options(tmp_path, keep_ranking=0)).ranking == {}

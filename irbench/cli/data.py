@@ -145,10 +145,8 @@ def info_cmd(name, as_json, data_root) -> None:
                           markup=False)
             console.print(f"    get it with: bench data fetch {p['name']}"
                           + (" --from PATH" if "manual" in p else ""), markup=False)
-    if result.get("holidays_upright_differs") is not None:
-        names = result["holidays_upright_differs"]
-        console.print(f"  {len(names)} image(s) turned by 90 degrees in the upright copy: "
-                      + ", ".join(names), markup=False, soft_wrap=True)
+    for note in result.get("notes_on_files", []):
+        console.print(f"  {note}", markup=False, soft_wrap=True)
 
 
 def _all_names() -> list[str]:

@@ -1,4 +1,9 @@
-"""`bench leaderboard`: the run records as a table (rich, markdown, CSV or JSON)."""
+"""`bench leaderboard`: the run records as a table (rich, markdown, CSV, JSON or LaTeX).
+
+CSV and JSON carry numbers as numbers (metrics in %, empty or null when missing); the
+detail table of one dataset (`-d`) adds each mAP's 95% bootstrap interval and marks the
+mAPs not significantly different from the best of their column (`--no-ci` hides the
+interval)."""
 
 from __future__ import annotations
 
@@ -13,12 +18,17 @@ from irbench.results.store import default_results_dir, read_records
 
 @click.command("leaderboard")
 @click.option("-d", "--dataset", default=None,
-              help="Detail for one dataset: every setting, mP@k, timings, memory, index size.")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]),
-              default="table", show_default=True, help="Output format.")
+              help="Detail for one dataset: every setting, mP@k, timings, memory, index size, "
+                   "each mAP's 95% bootstrap interval and significance against the best.")
+@click.option("--format", "fmt",
+              type=click.Choice(["table", "markdown", "csv", "json", "latex"]),
+              default="table", show_default=True,
+              help="Output format (csv and json: numbers as numbers; latex: booktabs).")
 @click.option("--no-reported", is_flag=True, help="Hide the paper's reported reference rows.")
+@click.option("--no-ci", is_flag=True,
+              help="Detail: hide the ± bootstrap interval of each mAP.")
 @results_dir_option("Where run records are read from")
-def leaderboard_cmd(dataset, fmt, no_reported, results_dir) -> None:
+def leaderboard_cmd(dataset, fmt, no_reported, no_ci, results_dir) -> None:
     """Compare runs: rows are method + config, columns datasets (and protocol settings),
     cells mAP in %. Rows marked `reported` are the paper's numbers, not measured here."""
     results_dir = results_dir or default_results_dir()
@@ -34,14 +44,13 @@ def leaderboard_cmd(dataset, fmt, no_reported, results_dir) -> None:
         err_console.print(f"no run records for dataset {dataset!r} in {results_dir}/; "
                           f"datasets with records: {', '.join(known)}", highlight=False)
         raise SystemExit(1)
-    table = (lb.detail(records, dataset, reported=not no_reported, current_code=code)
+    table = (lb.detail(records, dataset, reported=not no_reported, current_code=code,
+                       ci=not no_ci)
              if dataset else lb.overview(records, reported=not no_reported, current_code=code))
-    if fmt == "markdown":
-        click.echo(lb.to_markdown(table), nl=False)
-    elif fmt == "csv":
-        click.echo(lb.to_csv(table), nl=False)
-    elif fmt == "json":
-        click.echo(lb.to_json(table), nl=False)
+    exports = {"markdown": lb.to_markdown, "csv": lb.to_csv, "json": lb.to_json,
+               "latex": lb.to_latex}
+    if fmt in exports:
+        click.echo(exports[fmt](table), nl=False)
     else:
         console.print(to_rich(table))
 
@@ -63,10 +72,15 @@ def current_code(records: list) -> dict[str, str]:
 
 
 def to_rich(table: lb.Table) -> RichTable:
+    """The table for the terminal: the best value of each ranked column in bold,
+    reported rows dimmed."""
     out = RichTable(title=table.title, caption="\n".join(table.notes) or None)
     labels = table.columns.index("kind") + 1  # method, config, [run], kind: text
     for i, col in enumerate(table.columns):
         out.add_column(col, justify="left" if i < labels else "right")
+    best = lb.best_cells(table)
     for i, row in enumerate(table.rows):
-        out.add_row(*row, style="italic dim" if i in table.reported_rows else None)
+        cells = [Text(cell, style="bold" if (i, col) in best else "")
+                 for col, cell in zip(table.columns, row, strict=True)]
+        out.add_row(*cells, style="italic dim" if i in table.reported_rows else None)
     return out

@@ -11,11 +11,13 @@ from collections.abc import Iterator
 import click
 
 import irbench
+from irbench.cli.compare import compare_cmd
 from irbench.cli.data import data_cmd
 from irbench.cli.leaderboard import leaderboard_cmd
 from irbench.cli.registry_cmds import datasets_cmd, methods_cmd
 from irbench.cli.report import report_cmd
 from irbench.cli.run import run_cmd
+from irbench.cli.show import show_cmd
 from irbench.errors import IrbenchError
 
 
@@ -90,6 +92,8 @@ cli.add_command(run_cmd)
 cli.add_command(methods_cmd)
 cli.add_command(datasets_cmd)
 cli.add_command(leaderboard_cmd)
+cli.add_command(compare_cmd)
+cli.add_command(show_cmd)
 cli.add_command(data_cmd)
 cli.add_command(report_cmd)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -11,8 +12,16 @@ from rich.text import Text
 from irbench.cli.ui import console, err_console, results_dir_option
 from irbench.harness.runner import check_writable
 from irbench.results.claims import HELD, NOT_HELD, check_claims
+from irbench.results.leaderboard import matches_dataset
 from irbench.results.report import write_report
 from irbench.results.store import default_results_dir, read_records
+
+
+def report_name(method: str, dataset: str | None) -> str:
+    """The default report folder's name: the method, and the dataset when one is asked
+    for (characters other than letters, digits, `.`, `_`, `-` become `_`)."""
+    name = method + (f"__{dataset}" if dataset else "")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
 @click.command("report")
@@ -20,7 +29,8 @@ from irbench.results.store import default_results_dir, read_records
 @click.option("-m", "--method", default="drcnn", show_default=True,
               help="Method whose regions x fusion sweep is drawn.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder [default: <results dir>/report].")
+              help="Output folder [default: <results dir>/report/<method>[__<dataset>], one "
+                   "per method and dataset, so no report replaces another].")
 @results_dir_option("Where run records are read from")
 def report_cmd(dataset, method, out, results_dir) -> None:
     """Draw mAP against the number of regions K, one line per fusion (the paper's Fig. 4),
@@ -29,7 +39,7 @@ def report_cmd(dataset, method, out, results_dir) -> None:
     concatenation above mean and max, every fusion at its best at K = 2) on the records:
     held, not held, or not enough runs."""
     results_dir = Path(results_dir or default_results_dir())
-    out = out or results_dir / "report"
+    out = out or results_dir / "report" / report_name(method, dataset)
     check_writable(out, "report folder", "-o/--out")
     records, problems = read_records(results_dir)
     for p in problems:
@@ -37,7 +47,8 @@ def report_cmd(dataset, method, out, results_dir) -> None:
     path, figures = write_report(records, out, dataset, method)
     for fig in figures:
         console.print(f"{fig.dataset}: {fig.path}")
-    checks = check_claims([r for r in records if dataset is None or r.dataset == dataset])
+    checks = check_claims([r for r in records if dataset is None
+                           or matches_dataset(r, dataset)])
     table = Table(title="The paper's claims on these records")
     for col in ("claim", "where", "verdict", "numbers (mAP %)"):
         table.add_column(col)

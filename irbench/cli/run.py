@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -14,11 +15,13 @@ from irbench.cli.ui import (
     results_dir_option,
     setup_logging,
 )
+from irbench.errors import ConfigError
 from irbench.harness.cache import default_cache_dir
 from irbench.harness.parallel import default_workers
 from irbench.harness.runner import RunOptions, run, sweep
 from irbench.harness.search import BACKENDS
 from irbench.results.leaderboard import config_label, percent, run_label
+from irbench.results.stats import across_seeds
 from irbench.results.store import RunRecord, default_results_dir
 
 
@@ -49,6 +52,9 @@ def common_paths(fn):
 @click.option("--topk", type=int, default=0, show_default=True,
               help="Ranking depth evaluated; 0 ranks the whole database (official protocols).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Run once per seed (each run its own record), then print each mAP's mean "
+                   "and standard deviation across the seeds.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes for extraction [env IRBENCH_WORKERS; default: CPUs "
                    "available, at most 8].")
@@ -61,14 +67,18 @@ def common_paths(fn):
                    "for files whose size, times and inode are unchanged.")
 @click.option("--no-cache", is_flag=True, help="Keep nothing on disk (compute in memory).")
 @click.option("--no-record", is_flag=True, help="Do not write a run record.")
+@click.option("--keep-ranking", type=click.IntRange(min=0), default=100, show_default=True,
+              metavar="N", help="Keep the top N of each query's ranking (indices, scores) "
+                                "in the record; 0 keeps none.")
 @common_paths
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
-def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, workers, device, search,
-            overwrite, verify_images, no_cache, no_record, cache_dir, results_dir, data_root,
-            quiet, verbose):
+def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, workers, device,
+            search, overwrite, verify_images, no_cache, no_record, keep_ranking, cache_dir,
+            results_dir, data_root, quiet, verbose):
     """Run METHOD on DATASET: fit -> index -> query -> evaluate, and write a run record."""
     setup_logging(quiet, verbose)
+    seed_list = parse_seeds(seeds, seed)
     options = RunOptions(
         cache_dir=cache_dir or default_cache_dir(),
         results_dir=None if no_record else (results_dir or default_results_dir()),
@@ -77,18 +87,54 @@ def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, workers,
         search=search, overwrite=overwrite, use_cache=not no_cache,
         progress=make_progress(quiet),
         dataset_options=parse_pairs(dataset_options, "--dataset-option"),
-        verify_images=verify_images,
+        verify_images=verify_images, keep_ranking=keep_ranking,
     )
     overrides = parse_pairs(sets, "--set")
     sweep_values = {k: [v.strip() for v in vals.split(",") if v.strip() != ""]
                     for k, vals in parse_pairs(sweeps, "--sweep").items()}
-    if sweep_values:
-        records = sweep(method, dataset, sweep_values, options, overrides)
-    else:
-        records = [run(method, dataset, options, overrides)]
+    records = []
+    for s in seed_list:
+        at_seed = dataclasses.replace(options, seed=s)
+        if sweep_values:
+            records += sweep(method, dataset, sweep_values, at_seed, overrides)
+        else:
+            records.append(run(method, dataset, at_seed, overrides))
     console.print(records_table(records))
+    if len(seed_list) > 1:
+        console.print(seeds_table(records))
     if options.results_dir is not None:
         console.print(f"run records in {options.results_dir}/", highlight=False)
+
+
+def parse_seeds(seeds: str | None, seed: int) -> list[int]:
+    """The seeds of `--seeds` (distinct integers), or `[seed]` without it."""
+    if seeds is None:
+        return [seed]
+    if seed != 0:
+        raise ConfigError("give either --seed or --seeds, not both")
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes integers separated by commas, got {seeds!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise ConfigError(f"--seeds needs distinct seeds, got {seeds!r}")
+    return values
+
+
+def seeds_table(records: list[RunRecord]) -> Table:
+    """mAP mean ± standard deviation across the seeds, per config and setting."""
+    groups: dict[tuple[str, str, str], list[float | None]] = {}
+    for r in records:
+        for setting, m in r.metrics["settings"].items():
+            groups.setdefault((r.method, config_label(r), setting), []).append(m["map"])
+    table = Table(title="mAP in % across seeds: mean ± standard deviation (n - 1)")
+    for col in ("method", "config", "setting", "mAP", "seeds"):
+        table.add_column(col, justify="right" if col in ("mAP", "seeds") else "left")
+    for (method, config, setting), values in groups.items():
+        spread = across_seeds([100 * v for v in values if v is not None])
+        table.add_row(method, config, setting, f"{spread.mean:.2f} ± {spread.std:.2f}",
+                      str(spread.runs))
+    return table
 
 
 def records_table(records: list[RunRecord]) -> Table:

@@ -279,6 +279,12 @@ class DatasetProvider:
     """Loaders that read an image list check that every file exists (`bench data verify`
     turns this off to list every missing file itself)."""
 
+    @classmethod
+    def data_notes(cls, data_root: Path) -> list[str]:
+        """What `bench data info` should say about this dataset's files on disk beyond
+        counts and status (Holidays: the images its upright copy turns); none here."""
+        return []
+
     def __init__(self, config: Any, data_root: Path, cache_dir: Path,
                  argument: str | None = None) -> None:
         self.config = config

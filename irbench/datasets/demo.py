@@ -33,6 +33,16 @@ Transformations (per view, independent draws)
     Each image's box is the axis-aligned bounding box of the warped object quad
     (x1, y1, x2, y2, float pixels with pixel i spanning [i, i+1]), clipped to the image.
 
+Small objects among clutter objects (`object_scale=small`)
+    The scenes the seed paper is about (Sec. 3.2, INSTRE): a small object in a busy
+    picture, where a global descriptor mixes the object with everything around it. The
+    object covers 5-20 % of the image's area (uniform) and is pasted over 2-4 clutter
+    objects of the same sizes and transformations, anywhere in the image: the
+    `CLUTTER_POOL` objects that come after the instances in the catalogue (real
+    photographs, then procedural patterns), never queried and never labelled. Everything
+    else is as above. The default (`large`) is left out of the folder name and the index,
+    so sets generated before the option existed keep their identity.
+
 Splits (per object, all views distinct images)
     - train: `train_views` views with boxes and labels, disjoint from everything else;
     - query: `query_views` views with boxes; the protocol crops queries to their box, and
@@ -60,6 +70,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +96,9 @@ DISTRACTOR_DIR = "distractors"
 
 # Ranges of the per-view transformations (documented in the module docstring).
 OBJECT_SIZE = (0.38, 0.62)  # sqrt(area), as a fraction of the image's shorter side
+SMALL_OBJECT_AREA = (0.05, 0.20)  # object_scale=small: area, as a fraction of the image's
+CLUTTER_OBJECTS = (2, 5)  # object_scale=small: 2-4 clutter objects per image
+CLUTTER_POOL = 16  # object_scale=small: the objects after the instances, used as clutter
 PERSPECTIVE = 0.12  # corner jitter, fraction of the object width / height
 GAIN = (0.7, 1.3)
 BIAS = (-20.0, 20.0)
@@ -152,6 +166,10 @@ class DemoConfig:
     max_rotation: float = param(30.0, "largest in-plane rotation of an object, in degrees")
     occlusion: float = param(0.5, "probability that a view is partly occluded (<= 25%)")
     seed: int = param(0, "random seed: same config, byte-identical images")
+    object_scale: str = param(
+        "large", "large: one object per view, 38-62% of the shorter side; small: the "
+        "object covers 5-20% of the image among 2-4 clutter objects",
+        choices=("large", "small"))
 
     def __post_init__(self) -> None:
         checks = [
@@ -165,6 +183,7 @@ class DemoConfig:
             (0.0 <= self.max_rotation <= 180.0, "max_rotation must be in [0, 180]"),
             (0.0 <= self.occlusion <= 1.0, "occlusion must be in [0, 1]"),
             (self.seed >= 0, "seed must be >= 0"),
+            (self.object_scale in ("large", "small"), "object_scale must be large or small"),
         ]
         problems = [msg for ok, msg in checks if not ok]
         if problems:
@@ -178,7 +197,7 @@ class DemoDataset(DatasetProvider):
 
     def folder(self) -> Path:
         """Where this config's images and index live."""
-        return self.cache_dir / "demo" / f"{GENERATOR_VERSION}-{config_hash(self.config)[:12]}"
+        return self.cache_dir / "demo" / f"{GENERATOR_VERSION}-{_identity_hash(self.config)}"
 
     def load(self) -> Dataset:
         root = self.folder()
@@ -193,6 +212,20 @@ class DemoDataset(DatasetProvider):
 
 
 # -- index --------------------------------------------------------------------------------
+
+
+def _identity(config: DemoConfig) -> dict[str, Any]:
+    """The config as the folder name and the index record it: `object_scale` is left out
+    when it is `large` (its default), so the sets generated before the option existed
+    keep their folder, index and fingerprint."""
+    out = config_to_dict(config)
+    if out.get("object_scale") == "large":
+        del out["object_scale"]
+    return out
+
+
+def _identity_hash(config: DemoConfig) -> str:
+    return config_hash(config, fields=list(_identity(config)))[:12]
 
 
 def _count(index: dict[str, Any]) -> int:
@@ -210,7 +243,7 @@ def _read_index(root: Path, config: DemoConfig) -> dict[str, Any] | None:
         index = json.loads(path.read_text("utf-8"))
         ok = (index.get("format") == INDEX_FORMAT
               and index.get("generator_version") == GENERATOR_VERSION
-              and index.get("config") == config_to_dict(config))
+              and index.get("config") == _identity(config))
         missing = _damaged(root, [e for s in _SPLITS for e in index[s]])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("ignoring unreadable %s (%s); regenerating", path, exc)
@@ -271,6 +304,8 @@ def generate(config: DemoConfig, root: Path) -> dict[str, Any]:
     (root / INDEX_NAME).unlink(missing_ok=True)
     textures = _load_textures()
     objects = [_load_object(i) for i in range(config.objects)]
+    clutter = [_load_object(i)[2] for i in range(config.objects, config.objects + CLUTTER_POOL)
+               ] if config.object_scale == "small" else []
     size = (config.width, config.height)
     entries: dict[str, list[dict[str, Any]]] = {s: [] for s in _SPLITS}
     counts = {"train": config.train_views, "query": config.query_views,
@@ -282,7 +317,8 @@ def generate(config: DemoConfig, root: Path) -> dict[str, Any]:
                 rng = np.random.default_rng(np.random.SeedSequence(
                     [config.seed, _TAG_VIEW, oi, view]))
                 view += 1
-                image, box, occluded = _render_view(rng, patch, textures, size, config)
+                image, box, occluded = _render_view(rng, patch, textures, size, config,
+                                                    clutter)
                 rel = f"{split}/{name}/{k:02d}.jpg"
                 entries[split].append({"id": f"{split}/{name}/{k:02d}", "file": rel,
                                        "sha256": _write_jpeg(root / rel, image),
@@ -307,7 +343,7 @@ def generate(config: DemoConfig, root: Path) -> dict[str, Any]:
     index = {
         "format": INDEX_FORMAT,
         "generator_version": GENERATOR_VERSION,
-        "config": config_to_dict(config),
+        "config": _identity(config),
         "image_size": [config.width, config.height],
         "objects": [{"name": n, "source": s} for n, s, _ in objects],
         "protocol": demo_protocol().to_dict(),
@@ -523,12 +559,40 @@ def _relight(rng: np.random.Generator, patch: np.ndarray) -> np.ndarray:
 
 
 def _render_view(rng: np.random.Generator, patch: np.ndarray, textures: list[np.ndarray],
-                 size: tuple[int, int], config: DemoConfig
+                 size: tuple[int, int], config: DemoConfig,
+                 clutter: Sequence[np.ndarray] = ()
                  ) -> tuple[np.ndarray, list[float], float]:
-    """One view of an object: (RGB uint8 image, box, fraction of the object occluded)."""
+    """One view of an object: (RGB uint8 image, box, fraction of the object occluded).
+    With `object_scale=small`, 2-4 of the `clutter` objects (never instances) are pasted
+    first, anywhere, each as small as the object; the object goes on top."""
     w, h = size
     canvas = _background(rng, textures, size)
-    side = rng.uniform(*OBJECT_SIZE) * min(w, h)  # sqrt of the object's area
+    if config.object_scale == "small":
+        for i in rng.choice(len(clutter), int(rng.integers(*CLUTTER_OBJECTS)), replace=False):
+            _warp_in(rng, canvas, clutter[int(i)], _small_side(rng, size), config)
+        side = _small_side(rng, size)
+    else:
+        side = rng.uniform(*OBJECT_SIZE) * min(w, h)  # sqrt of the object's area
+    quad, cover = _warp_in(rng, canvas, patch, side, config)
+    occluded = 0.0
+    if rng.random() < config.occlusion:
+        occluded = _occlude(rng, canvas, cover, quad, textures)
+    x1, y1 = np.clip(quad.min(axis=0), 0, [w, h])
+    x2, y2 = np.clip(quad.max(axis=0), 0, [w, h])
+    box = [round(float(x1), 2), round(float(y1), 2), round(float(x2), 2), round(float(y2), 2)]
+    return _finish(rng, canvas), box, round(occluded, 4)
+
+
+def _small_side(rng: np.random.Generator, size: tuple[int, int]) -> float:
+    """sqrt of a small object's area: `SMALL_OBJECT_AREA` of the image's."""
+    return float(np.sqrt(rng.uniform(*SMALL_OBJECT_AREA) * size[0] * size[1]))
+
+
+def _warp_in(rng: np.random.Generator, canvas: np.ndarray, patch: np.ndarray, side: float,
+             config: DemoConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Relight, rotate, tilt and place `patch` (sqrt of its area: `side` px) wholly inside
+    `canvas`, in place; return its quad and coverage mask."""
+    h, w = canvas.shape[:2]
     ph, pw = patch.shape[:2]
     obj = _fit(patch, max(8, round(side * max(ph, pw) / np.sqrt(ph * pw))))
     obj = obj.astype(np.float32) / 255.0
@@ -546,14 +610,7 @@ def _render_view(rng: np.random.Generator, patch: np.ndarray, textures: list[np.
     offset = rng.uniform(-lo, [w, h] - hi)
     quad += offset
     h_edge = cv2.getPerspectiveTransform(src.astype(np.float32), quad.astype(np.float32))
-    cover = _paste(canvas, obj, h_edge.astype(np.float64))
-    occluded = 0.0
-    if rng.random() < config.occlusion:
-        occluded = _occlude(rng, canvas, cover, quad, textures)
-    x1, y1 = np.clip(quad.min(axis=0), 0, [w, h])
-    x2, y2 = np.clip(quad.max(axis=0), 0, [w, h])
-    box = [round(float(x1), 2), round(float(y1), 2), round(float(x2), 2), round(float(y2), 2)]
-    return _finish(rng, canvas), box, round(occluded, 4)
+    return quad, _paste(canvas, obj, h_edge.astype(np.float64))
 
 
 def _occlude(rng: np.random.Generator, canvas: np.ndarray, cover: np.ndarray,

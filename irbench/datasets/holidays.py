@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from irbench.datasets.base import Dataset, DatasetProvider, Image, Protocol, Query, QueryTruth
 from irbench.datasets.catalog import get_package, missing
@@ -52,6 +53,14 @@ class Holidays(DatasetProvider):
     Config = HolidaysConfig
     packages = ("holidays-upright", "holidays")
     """The upright copy (the default) and the files as distributed (`orientation=original`)."""
+
+    @classmethod
+    def data_notes(cls, data_root: Path) -> list[str]:
+        rotated = holidays_rotated(data_root)
+        if not rotated:
+            return []
+        return [f"{len(rotated)} image(s) turned by 90 degrees in the upright copy: "
+                + ", ".join(rotated)]
 
     def load(self) -> Dataset:
         cfg = self.config
@@ -95,3 +104,27 @@ class Holidays(DatasetProvider):
         return DatasetError(f"{err}\nOr use the photos as distributed (holidays/jpg/): "
                             f"--dataset-option orientation=original (in Python: "
                             f"orientation='original').")
+
+
+def holidays_rotated(data_root: Path) -> list[str] | None:
+    """Images whose upright copy is turned by 90 degrees (width and height swapped), when
+    both copies of Holidays are present (an unreadable pair is listed as such); None
+    otherwise."""
+    from PIL import Image as PILImage
+
+    base = get_package("holidays").path(data_root)
+    original, upright = base / "jpg", base / "jpg_upright"
+    if not (original.is_dir() and upright.is_dir()):
+        return None
+    out = []
+    for path in sorted(original.glob("*.jpg")):
+        other = upright / path.name
+        if not other.is_file():
+            continue
+        try:
+            with PILImage.open(path) as a, PILImage.open(other) as b:
+                if a.size != b.size and a.size == b.size[::-1]:
+                    out.append(path.stem)
+        except OSError as exc:  # listed, not skipped: verify names it too
+            out.append(f"{path.stem} (unreadable: {exc})")
+    return out

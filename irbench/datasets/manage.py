@@ -392,10 +392,8 @@ def info(name: str, data_root: Path) -> dict[str, Any]:
             out["status"] = "missing"
     else:
         out["status"] = "ready" if all_present else "missing"
-    if cls is not None and cls.name == "holidays":
-        rotated = holidays_rotated(data_root)
-        if rotated is not None:
-            out["holidays_upright_differs"] = rotated
+    if cls is not None:
+        out["notes_on_files"] = cls.data_notes(data_root)
     return out
 
 
@@ -408,27 +406,3 @@ def _du(folder: Path) -> int:
             except OSError:
                 continue
     return total
-
-
-def holidays_rotated(data_root: Path) -> list[str] | None:
-    """Images whose upright copy is turned by 90 degrees (width and height swapped), when
-    both copies of Holidays are present (an unreadable pair is listed as such); None
-    otherwise."""
-    from PIL import Image as PILImage
-
-    base = get_package("holidays").path(data_root)
-    original, upright = base / "jpg", base / "jpg_upright"
-    if not (original.is_dir() and upright.is_dir()):
-        return None
-    out = []
-    for path in sorted(original.glob("*.jpg")):
-        other = upright / path.name
-        if not other.is_file():
-            continue
-        try:
-            with PILImage.open(path) as a, PILImage.open(other) as b:
-                if a.size != b.size and a.size == b.size[::-1]:
-                    out.append(path.stem)
-        except OSError as exc:  # listed, not skipped: verify names it too
-            out.append(f"{path.stem} (unreadable: {exc})")
-    return out

@@ -10,6 +10,7 @@ import numpy as np
 
 from irbench.datasets.base import Protocol, QueryTruth
 from irbench.harness.metrics import (
+    as_ranks,
     average_precision_batch,
     mean_ignoring_nan,
     ns_score,
@@ -60,12 +61,8 @@ def evaluate(
     non-junk positions of a query whose positives were not all retrieved) is None rather
     than an underestimate, and so is the N-S score when the depth is below 4.
     """
-    ranks = np.asarray(ranks)
+    ranks = as_ranks(ranks)
     nq = len(ground_truth)
-    if ranks.ndim != 2:
-        raise ValueError(f"ranks must be a 2-D array (queries x depth), got shape {ranks.shape}")
-    if ranks.size and not np.issubdtype(ranks.dtype, np.integer):
-        raise ValueError(f"ranks must hold integer database indices, got dtype {ranks.dtype}")
     if ranks.shape[0] != nq:
         raise ValueError(
             f"ranks has {ranks.shape[0]} rows but there are {nq} ground-truth entries "
@@ -77,7 +74,6 @@ def evaluate(
         raise ValueError(
             f"query_db_index has {len(query_db_index)} entries for {nq} queries"
         )
-    ranks = ranks.astype(np.int64, copy=False)
     if ranks.size and ranks.min() < -1:
         raise ValueError("ranks may only hold database indices >= 0, or -1 as padding")
     truncated = database_size is not None and ranks.shape[1] < database_size

@@ -15,7 +15,8 @@ __all__ = [
 ]
 
 
-def _as_ranks(ranks: np.ndarray) -> np.ndarray:
+def as_ranks(ranks: np.ndarray) -> np.ndarray:
+    """`ranks` as int64 (queries x depth); ValueError when it is not 2-D or not integer."""
     ranks = np.asarray(ranks)
     if ranks.ndim != 2:
         raise ValueError(f"ranks must be 2-D (queries x depth), got shape {ranks.shape}")
@@ -112,7 +113,7 @@ def average_precision_batch(
     prec_old = (n - 1) / j (1 when j == 0). Unretrieved positives add nothing. NaN where
     P == 0. Returns float64[nq].
     """
-    ranks = _as_ranks(ranks)
+    ranks = as_ranks(ranks)
     query, position, n, n_pos = _hits(ranks, positives, junk)
     j = position - 1
     prec_old = np.where(j == 0, 1.0, (n - 1) / np.maximum(j, 1))
@@ -147,7 +148,7 @@ def precision_at_k(
     not retrieved, so kq = k. No positive retrieved: 0. No positives at all: NaN.
     Returns float64[nq, len(ks)].
     """
-    ranks = _as_ranks(ranks)
+    ranks = as_ranks(ranks)
     ks_arr = np.asarray(ks, dtype=np.int64).reshape(-1)
     if ks_arr.size and ks_arr.min() < 1:
         raise ValueError(f"precision_at k values must be >= 1, got {list(ks)}")
@@ -176,7 +177,7 @@ def precision_known(
     is when every positive was retrieved, or when the ranking holds at least k entries
     that are neither junk nor padding (else the positions after the ranking's end, which
     P@k would count, are unknown)."""
-    ranks = _as_ranks(ranks)
+    ranks = as_ranks(ranks)
     ks_arr = np.asarray(ks, dtype=np.int64).reshape(-1)
     flags, (n_pos, _) = _flags(ranks, (positives, junk))
     counted = ((ranks >= 0) & (flags & 2 == 0)).sum(axis=1)
@@ -192,7 +193,7 @@ def ns_score(ranks: np.ndarray, relevant: Sequence[Iterable[int] | np.ndarray]) 
     first 4 entries of the raw ranking: no junk skipping; -1 padding is never relevant.
     Returns float64[nq] in [0, 4].
     """
-    ranks = _as_ranks(ranks)
+    ranks = as_ranks(ranks)
     flags, _ = _flags(ranks[:, :4], (relevant,))
     return flags.sum(axis=1, dtype=np.int64).astype(np.float64)
 

@@ -187,6 +187,16 @@ def register_dataset(cls: T) -> T:
     return cls
 
 
+def list_methods() -> list[str]:
+    """The names of the registered methods (built-in and plugins), sorted."""
+    return METHODS.names()
+
+
+def list_datasets() -> list[str]:
+    """The names of the registered datasets (built-in and plugins), sorted."""
+    return DATASETS.names()
+
+
 def create_method(name: str, overrides: Mapping[str, Any] | None = None, context=None):
     """Instantiate a registered method with config overrides (strings are parsed)."""
     cls = METHODS.get(name)

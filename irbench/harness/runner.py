@@ -56,6 +56,18 @@ log = logging.getLogger(__name__)
 STAGES = ("fit", "index", "query", "evaluate")
 
 
+def kept_ranking(ranks: np.ndarray, scores: np.ndarray, keep: int) -> dict[str, Any]:
+    """The first `keep` columns of a ranking for the record (scores to 7 significant
+    digits, float32's precision); {} when `keep` is 0."""
+    if keep == 0:
+        return {}
+    top = np.asarray(ranks)[:, :keep]
+    top_scores = np.asarray(scores, np.float64)[:, :keep]
+    return {"depth": int(top.shape[1]), "indices": top.astype(np.int64).tolist(),
+            "scores": [[float(f"{v:.7g}") if np.isfinite(v) else None for v in row]
+                       for row in top_scores]}
+
+
 @dataclass
 class RunOptions:
     """Everything about a run that is not the method's config or the dataset."""
@@ -79,6 +91,9 @@ class RunOptions:
     verify_images: bool = False
     """Hash every image file again instead of trusting the memoized signatures of files
     whose size, mtime, ctime and inode are unchanged (`irbench.datasets.signature`)."""
+    keep_ranking: int = 100
+    """How much of each query's ranking the record keeps (database indices and scores,
+    best first); 0 keeps none. The metrics always use the whole evaluated depth."""
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -91,6 +106,8 @@ class RunOptions:
             raise ConfigError("topk must be >= 0 (0 ranks the whole database)")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.keep_ranking < 0:
+            raise ConfigError("keep_ranking must be >= 0 (0 keeps no ranking)")
 
     def signer(self) -> ImageSigner:
         """The image signer of runs with these options (memo in the cache when enabled)."""
@@ -339,6 +356,8 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
         untrained=_is_untrained(config),
         environment=environment(),
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        query_ids=[str(q.id) for q in ds.queries],
+        ranking=kept_ranking(ranks, stage_out["scores"], options.keep_ranking),
     )
     if options.results_dir is not None:
         path = write_record(record, options.results_dir)

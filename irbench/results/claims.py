@@ -25,7 +25,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 
-from irbench.results.leaderboard import latest_records
+from irbench.results.leaderboard import dataset_label, latest_records
 from irbench.results.report import region_figures
 from irbench.results.store import RunRecord
 
@@ -53,13 +53,14 @@ def _map(record: RunRecord) -> float | None:
 
 
 def _best(records: list[RunRecord]) -> dict[tuple[str, str], dict[str, float]]:
-    """(dataset, backbone) -> method -> best mAP (%); SIFT methods under backbone ''."""
+    """(dataset with its options, backbone) -> method -> best mAP (%); SIFT methods under
+    backbone ''."""
     best: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for r in latest_records(records):
         value = _map(r)
         if value is None:
             continue
-        key = (r.dataset, str(r.config.get("backbone", "")))
+        key = (dataset_label(r), str(r.config.get("backbone", "")))
         if value > best[key].get(r.method, float("-inf")):
             best[key][r.method] = value
     return best

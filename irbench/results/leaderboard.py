@@ -1,8 +1,19 @@
 """Leaderboard tables built from run records (never hand-edited), plus the paper's
 reported numbers as reference rows that are always marked `reported`.
 
-The functions here build a plain table (columns + rows of strings); the CLI renders it
-with rich, and `to_markdown` / `to_csv` / `to_json` export it.
+The functions here build a plain `Table`: display cells (strings) for the terminal and
+markdown, and beside each row the same content typed (numbers as numbers, `None` when
+missing, `cached` as its own boolean column; `seed`, `search`, `depth`, `stale` and the
+run id of measured rows) for `to_csv` and `to_json`. Metrics are in %. `to_latex` gives
+a booktabs table with the best value of each ranked column in bold. The CLI renders
+tables with rich.
+
+The detail table of one dataset also says how sure each mAP is: the half-width of its
+95% percentile bootstrap interval over queries (`±`), and `≈` on the rows whose mAP is
+not significantly different from the best of their column and data (paired
+randomisation test on the per-query APs against the best row, Holm-corrected across the
+column's rows, α = 0.05; `irbench.results.stats`). Reported rows have no per-query APs
+and are never tested.
 """
 
 from __future__ import annotations
@@ -10,15 +21,25 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
+from irbench.results.stats import bootstrap_interval, holm, randomisation_p
 from irbench.results.store import RunRecord
 
 PAPER = "Mei et al. 2018"
+
+ALPHA = 0.05
+"""Significance level of the detail table's `≈` mark (family-wise, per column)."""
+SAME_AS_BEST = "≈"
+"""Mark of a mAP not significantly different from the best of its column."""
+SIGNIFICANCE_NOTE = (f"{SAME_AS_BEST}: not significantly different from the best: paired "
+                     f"randomisation test on per-query APs against the column's best row, "
+                     f"Holm-corrected, α = {ALPHA}")
 
 
 @dataclass(frozen=True)
@@ -63,7 +84,8 @@ REPORTED: tuple[ReportedResult, ...] = (
 
 @dataclass
 class Table:
-    """A rendered-agnostic table: a title, column names, rows of cells (strings)."""
+    """A rendering-agnostic table: a title, column names, rows of display cells
+    (strings), and beside each row the same content typed (`data`)."""
 
     title: str
     columns: list[str]
@@ -71,6 +93,27 @@ class Table:
     reported_rows: set[int] = field(default_factory=set)
     """Indices of rows that are reported (not measured) numbers."""
     notes: list[str] = field(default_factory=list)
+    data_columns: list[str] = field(default_factory=list)
+    """Keys of the typed rows, in export order."""
+    data: list[dict[str, Any]] = field(default_factory=list)
+    """Per row: column -> number, bool, str, list of str or None (what CSV and JSON
+    export). A display column's typed value has the display column's name."""
+    ranked: dict[str, str] = field(default_factory=dict)
+    """Display columns whose best value is shown in bold: column -> `higher` or `lower`
+    (the better direction)."""
+    groups: list[str] = field(default_factory=list)
+    """Per row, the data it is ranked within (a dataset fingerprint; "" for one)."""
+    unranked: set[tuple[int, str]] = field(default_factory=set)
+    """(row, column) cells that never count as best (a stage time read from the cache)."""
+
+    def add_row(self, cells: list[str], data: dict[str, Any], *, reported: bool = False,
+                group: str = "") -> None:
+        """Append one row: its display cells and its typed values."""
+        if reported:
+            self.reported_rows.add(len(self.rows))
+        self.rows.append(cells)
+        self.data.append(data)
+        self.groups.append(group)
 
 
 def latest_records(records: list[RunRecord]) -> list[RunRecord]:
@@ -115,6 +158,14 @@ def kind_label(record: RunRecord, current_code: Mapping[str, str] | None = None)
     return ", ".join(marks) or "measured"
 
 
+def _run_data(record: RunRecord, current_code: Mapping[str, str] | None) -> dict[str, Any]:
+    """The typed run options of a measured row (`depth`: the ranking depth when it is
+    below the database size, None when the whole database was ranked)."""
+    return {"seed": record.seed, "search": record.search,
+            "depth": None if record.full_depth else record.topk,
+            "stale": "stale" in kind_label(record, current_code)}
+
+
 def _fmt_value(v: Any) -> str:
     if isinstance(v, list):
         return ",".join(map(str, v))
@@ -146,8 +197,8 @@ def dataset_columns(records: list[RunRecord]) -> dict[str, str]:
 
 
 def _drop_empty_column(table: Table, name: str) -> Table:
-    """Remove column `name` when no row has a value in it (the `run` column of runs that
-    all used the default options)."""
+    """Remove display column `name` when no row has a value in it (the `run` column of
+    runs that all used the default options); the typed rows keep their own columns."""
     i = table.columns.index(name)
     if any(row[i] for row in table.rows):
         return table
@@ -179,6 +230,11 @@ def percent(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{100.0 * value:.{digits}f}"
 
 
+def _points(value: float | None) -> float | None:
+    """A fraction as a number in %, None when unknown."""
+    return None if value is None else 100.0 * float(value)
+
+
 def _data_notes(records: list[RunRecord], columns: Mapping[str, str]) -> list[str]:
     """Where the data of each disambiguated column (`label@fingerprint`) comes from."""
     notes = {}
@@ -194,11 +250,15 @@ def overview(records: list[RunRecord], *, reported: bool = True,
              current_code: Mapping[str, str] | None = None) -> Table:
     """Rows: method + config + run options + kind; columns: dataset (and protocol
     setting); cells: mAP in %. Runs that differ in anything that changes a number
-    (config, seed, search backend, depth, data) never share a cell."""
+    (config, seed, search backend, depth, data) never share a cell. The typed rows
+    have `seed`, `search`, `depth`, `stale` and `run_ids` (the runs of the row's cells,
+    in column order) in place of the `run` label."""
     records = latest_records(records)
     by_fp = dataset_columns(records)
     columns: list[str] = []
     cells: dict[tuple[str, str, str, str], dict[str, str]] = {}
+    values: dict[tuple[str, str, str, str], dict[str, float | None]] = {}
+    runs: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for r in records:
         row_key = (r.method, config_label(r), run_label(r), kind_label(r, current_code))
         for setting, m in r.metrics.get("settings", {}).items():
@@ -210,6 +270,9 @@ def overview(records: list[RunRecord], *, reported: bool = True,
                 row_key = (*row_key[:3], f"{row_key[3]} [{r.run_id[-8:]}]")
                 row = cells.setdefault(row_key, {})
             row[col] = percent(m.get("map"))
+            values.setdefault(row_key, {})[col] = _points(m.get("map"))
+            run = runs.setdefault(row_key, {**_run_data(r, current_code), "run_ids": {}})
+            run["run_ids"][col] = r.run_id
     if reported:
         for rep in REPORTED:
             col = _column(rep.dataset, rep.setting)
@@ -217,13 +280,21 @@ def overview(records: list[RunRecord], *, reported: bool = True,
                 columns.append(col)
             key = (rep.method, rep.config, "", rep.kind)
             cells.setdefault(key, {})[col] = f"{rep.map_percent:.1f}"
-    table = Table(title="mAP (%)", columns=["method", "config", "run", "kind", *columns])
+            values.setdefault(key, {})[col] = rep.map_percent
+    table = Table(title="mAP (%)", columns=["method", "config", "run", "kind", *columns],
+                  data_columns=["method", "config", "kind", *columns, "seed", "search",
+                                "depth", "stale", "run_ids"],
+                  ranked=dict.fromkeys(columns, "higher"))
     order = sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][3].startswith("reported"),
                                                    kv[0][1], kv[0][2]))
-    for i, (key, row) in enumerate(order):
-        table.rows.append([*key, *(row.get(c, "") for c in columns)])
-        if key[3].startswith("reported"):
-            table.reported_rows.add(i)
+    for key, row in order:
+        run = runs.get(key, {"seed": None, "search": None, "depth": None, "stale": None,
+                             "run_ids": {}})
+        data = {"method": key[0], "config": key[1], "kind": key[3],
+                **{c: values[key].get(c) for c in columns}, **run,
+                "run_ids": [run["run_ids"][c] for c in columns if c in run["run_ids"]]}
+        table.add_row([*key, *(row.get(c, "") for c in columns)], data,
+                      reported=key[3].startswith("reported"))
     table.notes += _data_notes(records, by_fp)
     if any(run_label(r) for r in records):
         table.notes.append("run: the options that differ from a default run (seed, search "
@@ -249,9 +320,54 @@ def matches_dataset(record: RunRecord, dataset: str) -> bool:
                                      os.path.abspath(PurePath(record.dataset_root)))
 
 
+def _aps(record: RunRecord, setting: str) -> list[float | None] | None:
+    """The per-query APs of one setting, None when the record has none or no mAP."""
+    m = record.metrics.get("settings", {}).get(setting, {})
+    ap = m.get("ap")
+    if not ap or m.get("map") is None or all(v is None for v in ap):
+        return None
+    return ap
+
+
+def _versus_best(records: list[RunRecord], setting: str, resamples: int,
+                 seed: int) -> dict[str, tuple[bool, float | None]]:
+    """Run id -> (whether it is the best, Holm-adjusted p of the paired randomisation
+    test against the best) for the records of one setting that have per-query APs;
+    records of other data than the best, or other query counts, are left out."""
+    testable = [r for r in records if _aps(r, setting) is not None]
+    out: dict[str, tuple[bool, float | None]] = {}
+    for fp in dict.fromkeys(r.dataset_fingerprint for r in testable):
+        group = [r for r in testable if r.dataset_fingerprint == fp]
+        best = max(group, key=lambda r: r.metrics["settings"][setting]["map"])
+        best_ap = _aps(best, setting)
+        others, pvalues = [], []
+        for r in group:
+            ap = _aps(r, setting)
+            if r is best or len(ap) != len(best_ap):
+                continue
+            pairs = [(x, y) for x, y in zip(best_ap, ap, strict=True)
+                     if x is not None and y is not None]
+            if not pairs:
+                continue
+            others.append(r)
+            pvalues.append(randomisation_p([y - x for x, y in pairs], resamples=resamples,
+                                           seed=seed))
+        out[best.run_id] = (True, None)
+        for r, p in zip(others, holm(pvalues), strict=True):
+            out[r.run_id] = (False, p)
+    return out
+
+
 def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
-           current_code: Mapping[str, str] | None = None) -> Table:
-    """One dataset: every setting's mAP and mP@k, N-S score, stage timings, memory, index size."""
+           current_code: Mapping[str, str] | None = None, ci: bool = True,
+           resamples: int = 10_000, seed: int = 0) -> Table:
+    """One dataset: every setting's mAP and mP@k, N-S score, stage timings, memory, index
+    size. Each mAP shows the half-width of its 95% bootstrap interval (`±`, unless `ci`
+    is False) and `≈` when it is not significantly different from the best of its column
+    (see the module docstring); `resamples` and `seed` drive both. The smallest
+    randomisation p is 1 / (resamples + 1), so after Holm's correction a column of m
+    tested rows can show a difference only while m / (resamples + 1) < α (up to about
+    500 rows at 10,000 resamples)."""
     records = [r for r in latest_records(records) if matches_dataset(r, dataset)]
     by_fp = dataset_columns(records)
     several = len(by_fp) > 1
@@ -265,53 +381,132 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
                 if k not in ks:
                     ks.append(k)
     has_ns = any("ns_score" in r.metrics for r in records)
-    metric_cols = []
+    metric_cols, data_metric_cols = [], []
+    ranked: dict[str, str] = {}
     for s in settings:
         prefix = f"{s} " if s else ""
         metric_cols.append(f"{prefix}mAP")
         metric_cols.extend(f"{prefix}mP@{k}" for k in ks)
-    cols = ["method", "config", "run", "kind", *(["data"] if several else []), *metric_cols]
-    if has_ns:
-        cols.append("N-S")
-    cols += ["queries", "fit s", "index s", "query s", "peak MiB", "index MiB"]
-    table = Table(title=f"{dataset}: metrics in %, times in wall seconds", columns=cols)
+        data_metric_cols.append(f"{prefix}mAP")
+        if ci:
+            data_metric_cols += [f"{prefix}mAP ci_low", f"{prefix}mAP ci_high"]
+        data_metric_cols += [f"{prefix}mAP best", f"{prefix}mAP p_vs_best"]
+        data_metric_cols.extend(f"{prefix}mP@{k}" for k in ks)
+    ranked.update(dict.fromkeys(metric_cols, "higher"))
+    labels = ["method", "config", "run", "kind", *(["data"] if several else [])]
+    stages = ("fit", "index", "query")
+    tail = [*(["N-S"] if has_ns else []), "queries", *(f"{s} s" for s in stages),
+            "peak MiB", "index MiB"]
+    ranked.update({"N-S": "higher", **{f"{s} s": "lower" for s in stages},
+                   "peak MiB": "lower", "index MiB": "lower"})
+    table = Table(
+        title=f"{dataset}: metrics in %, times in wall seconds",
+        columns=[*labels, *metric_cols, *tail],
+        data_columns=["method", "config", "kind", *(["data"] if several else []),
+                      *data_metric_cols, *(["N-S"] if has_ns else []), "queries",
+                      *(c for s in stages for c in (f"{s} s", f"{s} cached")),
+                      "peak MiB", "index MiB", "seed", "search", "depth", "stale", "run_id"],
+        ranked={c: d for c, d in ranked.items() if c in metric_cols or c in tail})
+    versus = {s: _versus_best(records, s, resamples, seed) for s in settings}
+    marked = with_interval = False
     for r in records:
-        row = [r.method, config_label(r), run_label(r), kind_label(r, current_code)]
+        kind = kind_label(r, current_code)
+        row = [r.method, config_label(r), run_label(r), kind]
+        data: dict[str, Any] = {"method": r.method, "config": config_label(r), "kind": kind}
         if several:
             row.append(by_fp[r.dataset_fingerprint])
+            data["data"] = by_fp[r.dataset_fingerprint]
         for s in settings:
+            prefix = f"{s} " if s else ""
             m = r.metrics.get("settings", {}).get(s, {})
-            row.append(percent(m.get("map")))
-            row.extend(percent(m.get("precision_at", {}).get(k)) for k in ks)
+            cell = percent(m.get("map"))
+            data[f"{prefix}mAP"] = _points(m.get("map"))
+            ap = _aps(r, s)
+            if ci:
+                low, high = bootstrap_interval(ap, resamples=resamples,
+                                               seed=seed) if ap else (None, None)
+                data[f"{prefix}mAP ci_low"], data[f"{prefix}mAP ci_high"] = (
+                    _points(low), _points(high))
+                if low is not None and math.isfinite(high - low):
+                    cell += f" ±{100.0 * (high - low) / 2:.1f}"
+                    with_interval = True
+            best, p = versus[s].get(r.run_id, (None, None))
+            data[f"{prefix}mAP best"], data[f"{prefix}mAP p_vs_best"] = best, p
+            if p is not None and p >= ALPHA:
+                cell += f" {SAME_AS_BEST}"
+                marked = True
+            row.append(cell)
+            for k in ks:
+                value = m.get("precision_at", {}).get(k)
+                row.append(percent(value))
+                data[f"{prefix}mP@{k}"] = _points(value)
         if has_ns:
             ns = r.metrics.get("ns_score")
             row.append("—" if ns is None else f"{ns:.3f}")
+            data["N-S"] = None if ns is None else float(ns)
         first = next(iter(r.metrics.get("settings", {}).values()), {})
-        row.append(str(first.get("queries_evaluated", "")))
-        for stage in ("fit", "index", "query"):
+        queries = first.get("queries_evaluated")
+        row.append("" if queries is None else str(queries))
+        data["queries"] = queries
+        for stage in stages:
             t = r.timings.get(stage)
             row.append("—" if t is None else f"{t.wall_s:.2f}" + (" (cached)" if t.cached else ""))
+            data[f"{stage} s"] = None if t is None else float(t.wall_s)
+            data[f"{stage} cached"] = None if t is None else bool(t.cached)
+            if t is not None and t.cached:
+                table.unranked.add((len(table.rows), f"{stage} s"))
         peak = max((t.peak_rss_bytes for t in r.timings.values()), default=0)
         row.append(f"{peak / 2**20:.0f}")
         row.append("—" if r.index_bytes is None else f"{r.index_bytes / 2**20:.2f}")
-        table.rows.append(row)
+        data["peak MiB"] = peak / 2**20
+        data["index MiB"] = None if r.index_bytes is None else r.index_bytes / 2**20
+        data.update(_run_data(r, current_code), run_id=r.run_id)
+        table.add_row(row, data, group=r.dataset_fingerprint if several else "")
     if reported:
         for rep in REPORTED:
             if rep.dataset == dataset:
                 row = [rep.method, rep.config, "", rep.kind, *([""] if several else [])]
-                row += [f"{rep.map_percent:.1f}" if c.endswith("mAP") and
-                        (rep.setting == "" or c.startswith(rep.setting)) else ""
-                        for c in metric_cols]
-                row += [""] * (len(cols) - len(row))
-                table.reported_rows.add(len(table.rows))
-                table.rows.append(row)
+                shows = [c.endswith("mAP") and (rep.setting == "" or c.startswith(rep.setting))
+                         for c in metric_cols]
+                row += [f"{rep.map_percent:.1f}" if show else ""
+                        for show, c in zip(shows, metric_cols, strict=True)]
+                row += [""] * (len(table.columns) - len(row))
+                data = {"method": rep.method, "config": rep.config, "kind": rep.kind}
+                data.update({c: rep.map_percent for show, c in
+                             zip(shows, metric_cols, strict=True) if show})
+                table.add_row(row, data, reported=True, group="reported")
     table.notes += _data_notes(records, by_fp)
     if any(not r.full_depth for r in records):
         table.notes.append("top-k: only the first k of the database were ranked; AP counts "
                            "the positives found there, and mP@k that the depth cannot "
                            "determine is shown as —")
+    if with_interval:
+        table.notes.append(f"mAP ±: half-width of its 95% percentile bootstrap interval "
+                           f"over the queries ({resamples:,} resamples)")
+    if marked:
+        table.notes.append(SIGNIFICANCE_NOTE)
     return _finish(table, records, current_code,
                    reported and any(rep.dataset == dataset for rep in REPORTED))
+
+
+def best_cells(table: Table) -> set[tuple[int, str]]:
+    """(row, column) of the best value of each ranked column among the measured rows of
+    one data group (ties: all of them)."""
+    out: set[tuple[int, str]] = set()
+    for col, better in table.ranked.items():
+        if col not in table.columns or not table.data:
+            continue
+        candidates: dict[str, list[tuple[float, int]]] = {}
+        for i, data in enumerate(table.data):
+            value = data.get(col)
+            if (i in table.reported_rows or (i, col) in table.unranked
+                    or not isinstance(value, int | float) or isinstance(value, bool)):
+                continue
+            candidates.setdefault(table.groups[i], []).append((value, i))
+        for values in candidates.values():
+            target = (max if better == "higher" else min)(v for v, _ in values)
+            out.update((i, col) for v, i in values if v == target)
+    return out
 
 
 def to_markdown(table: Table) -> str:
@@ -325,15 +520,78 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _typed(table: Table) -> tuple[list[str], list[dict[str, Any]]]:
+    """The typed columns and rows; the display cells for a table built without them."""
+    if table.data_columns and len(table.data) == len(table.rows):
+        return table.data_columns, [{c: d.get(c) for c in table.data_columns}
+                                    for d in table.data]
+    return table.columns, [dict(zip(table.columns, row, strict=True)) for row in table.rows]
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return value
+
+
 def to_csv(table: Table) -> str:
+    """The typed rows as CSV: numbers as numbers, empty when missing, booleans as
+    true/false, lists (run ids) space-separated."""
+    columns, rows = _typed(table)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(table.columns)
-    w.writerows(table.rows)
+    w.writerow(columns)
+    w.writerows([_csv_cell(row[c]) for c in columns] for row in rows)
     return buf.getvalue()
 
 
 def to_json(table: Table) -> str:
-    rows = [dict(zip(table.columns, row, strict=True)) for row in table.rows]
-    return json.dumps({"title": table.title, "columns": table.columns, "rows": rows,
-                       "notes": table.notes}, indent=1) + "\n"
+    """The typed rows as JSON: numbers as numbers, null when missing."""
+    columns, rows = _typed(table)
+    return json.dumps({"title": table.title, "columns": columns, "rows": rows,
+                       "notes": table.notes}, indent=1, ensure_ascii=False) + "\n"
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+          "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+          "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+          "—": "---", "±": r"$\pm$", SAME_AS_BEST: r"$\approx$", "α": r"$\alpha$",
+          "≥": r"$\geq$", "≤": r"$\leq$"}
+
+
+def latex_escape(text: str) -> str:
+    """`text` with LaTeX's special characters escaped (and ±, ≈, α, — as LaTeX)."""
+    return "".join(_LATEX.get(ch, ch) for ch in text)
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs table (\\toprule, \\midrule, \\bottomrule): the best value of each
+    ranked column in bold (among measured rows of the same data), reported rows in
+    italics, the intervals as $\\pm$, the notes below."""
+    best = best_cells(table)
+    text_cols = table.columns.index("kind") + 1 + ("data" in table.columns)
+    spec = "l" * text_cols + "r" * (len(table.columns) - text_cols)
+    lines = [r"\begin{table}[t]", r"\centering",
+             rf"\caption{{{latex_escape(table.title)}}}", rf"\begin{{tabular}}{{{spec}}}",
+             r"\toprule", " & ".join(latex_escape(c) for c in table.columns) + r" \\",
+             r"\midrule"]
+    for i, row in enumerate(table.rows):
+        cells = []
+        for col, cell in zip(table.columns, row, strict=True):
+            text = latex_escape(cell)
+            if text and (i, col) in best:
+                text = rf"\textbf{{{text}}}"
+            elif text and i in table.reported_rows:
+                text = rf"\textit{{{text}}}"
+            cells.append(text)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines += [r"\par\smallskip", r"{\footnotesize",
+                  *(latex_escape(n) + r"\par" for n in table.notes), "}"]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"

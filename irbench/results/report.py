@@ -9,13 +9,14 @@ the paper's qualitative claims evaluated on the records (`irbench.results.claims
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from irbench.harness.cache import atomic_write_bytes, atomic_write_text
-from irbench.results.leaderboard import latest_records
+from irbench.results.leaderboard import dataset_label, latest_records, matches_dataset
 from irbench.results.store import RunRecord
 
 SWEPT = ("regions", "fusion")
@@ -48,18 +49,18 @@ def region_figures(records: list[RunRecord], dataset: str | None = None,
     regions and fusion, and collect mAP per (fusion, K)."""
     groups: dict[tuple[str, str], Figure] = {}
     for r in latest_records(records):
-        if r.method != method or (dataset and r.dataset != dataset):
+        if r.method != method or (dataset and not matches_dataset(r, dataset)):
             continue
         if not all(f in r.config for f in SWEPT):
             continue
         fixed = {k: v for k, v in r.config.items() if k not in SWEPT}
-        key = (r.dataset, json.dumps([fixed, r.dataset_fingerprint, r.seed, r.search, r.topk],
-                                     sort_keys=True, default=str))
+        key = (dataset_label(r), json.dumps([fixed, r.dataset_fingerprint, r.seed, r.search,
+                                             r.topk], sort_keys=True, default=str))
         setting, value = _map(r)
         if value is None:
             continue
         changed = {k: v for k, v in r.config_changed.items() if k not in SWEPT}
-        fig = groups.setdefault(key, Figure(method, r.dataset, setting, fixed, changed,
+        fig = groups.setdefault(key, Figure(method, dataset_label(r), setting, fixed, changed,
                                             defaultdict(dict)))
         fig.series[str(r.config["fusion"])][int(r.config["regions"])] = value
     return [f for f in groups.values() if sum(len(s) for s in f.series.values()) > 1]
@@ -109,7 +110,8 @@ def write_report(records: list[RunRecord], out_dir: Path, dataset: str | None = 
         lines.append(f"No sweep over regions and fusion of {method} found"
                      + (f" on {dataset}" if dataset else "") + ".")
     for i, fig in enumerate(figures):
-        name = f"{method}__{fig.dataset}__map_vs_k" + (f"_{i}" if i else "") + ".png"
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", fig.dataset).strip("_")
+        name = f"{method}__{slug}__map_vs_k" + (f"_{i}" if i else "") + ".png"
         draw(fig, out_dir / name)
         ks = sorted({k for s in fig.series.values() for k in s})
         lines += [f"## {fig.dataset}" + (f" ({fig.setting})" if fig.setting else ""), "",
@@ -125,7 +127,7 @@ def write_report(records: list[RunRecord], out_dir: Path, dataset: str | None = 
     from irbench.results.claims import check_claims, claims_markdown
 
     lines += claims_markdown(check_claims(
-        [r for r in records if dataset is None or r.dataset == dataset]))
+        [r for r in records if dataset is None or matches_dataset(r, dataset)]))
     path = out_dir / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path, figures

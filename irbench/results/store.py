@@ -71,6 +71,13 @@ class RunRecord:
     environment: dict[str, Any] = field(default_factory=dict)
     date: str = ""
     schema_version: int = SCHEMA_VERSION
+    query_ids: list[str] = field(default_factory=list)
+    """The dataset's query ids, in the order of every per-query list (`ap` of each
+    setting, `ranking`); empty in records written before they were kept."""
+    ranking: dict[str, Any] = field(default_factory=dict)
+    """The top of each query's ranking (`bench run --keep-ranking N`, default 100):
+    `{"depth": N, "indices": [[database index, ...] per query], "scores": [[...]]}`,
+    best first (-1: no more results); empty when none was kept."""
 
     @property
     def full_depth(self) -> bool:
@@ -161,6 +168,19 @@ def _check_types(d: dict[str, Any]) -> None:
         if not isinstance(t, dict) or not all(isinstance(t.get(k), _NUMBER)
                                               for k in ("wall_s", "cpu_s", "peak_rss_bytes")):
             raise ValueError(f"timings[{stage!r}] is not a stage timing")
+    ids = d.get("query_ids", [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError("field 'query_ids' is not a list of strings")
+    ranking = d.get("ranking", {})
+    if not isinstance(ranking, dict):
+        raise ValueError("field 'ranking' is not an object")
+    if ranking:
+        rows = ranking.get("indices")
+        if not isinstance(ranking.get("depth"), int) or not isinstance(rows, list) \
+                or not isinstance(ranking.get("scores"), list) \
+                or len(ranking["scores"]) != len(rows):
+            raise ValueError("field 'ranking' needs depth, and indices and scores of one "
+                             "length")
 
 
 def _slug(text: str) -> str:

@@ -8,10 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from irbench.datasets.base import Image, Query
-from irbench.datasets.images import read_image
-from irbench.harness.config import param
-from irbench.methods.base import GlobalDescriptorMethod
+from irbench import GlobalDescriptorMethod, Image, Query, param, read_image
 
 
 @dataclass(frozen=True)

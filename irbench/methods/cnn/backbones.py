@@ -85,6 +85,10 @@ class BackboneNet(nn.Module):
     def conv(self, x: torch.Tensor) -> torch.Tensor:
         return _ADAPTERS[type(self.net).__name__].conv(self.net, self.normalize(x))
 
+    def conv_of_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """`conv` of an input normalized already (by a detector's own transform)."""
+        return _ADAPTERS[type(self.net).__name__].conv(self.net, x)
+
     def penultimate(self, x: torch.Tensor, after_relu: bool = True) -> torch.Tensor:
         return _ADAPTERS[type(self.net).__name__].penultimate(self.net, self.normalize(x),
                                                               after_relu)

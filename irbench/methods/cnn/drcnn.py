@@ -1,11 +1,15 @@
 """`drcnn`: the deep region CNN of Mei et al. 2018 (the seed paper).
 
-Sec. 3.1: a Faster R-CNN fine-tuned on the dataset's train boxes
-(`irbench.methods.cnn.detector`) detects object regions; Sec. 3.2: the top-K boxes by
-score (after NMS) are cropped from the image, resized to 224 x 224 and described by the
-FC7 of ImageNet VGG16 (`feature_backbone`, `feature_weights`), each L2-normalized; Sec.
-3.3: the K region features of an image are fused by concatenation (K x 4,096-D), mean-
-or max-pooling (4,096-D), L2-normalized, and images are ranked by cosine similarity.
+Sec. 3.1.1: a Faster R-CNN fine-tuned on the dataset's train boxes
+(`irbench.methods.cnn.detector`: py-faster-rcnn's VGG16 recipe, N classes) detects object
+regions; Sec. 3.1.2: the top-K boxes by score (after NMS) are cropped from the image,
+resized to 224 x 224 and described by the FC7 of ImageNet VGG16 (`feature_backbone`,
+`feature_weights`), each L2-normalized; Sec. 3.2: a query goes through the same detector
+and network ("Given the query instance image, we extract the visual features based on the
+fine-tuned Faster R-CNN and CNN": `query_regions=detect`, inside the query's crop when
+the protocol crops), the K region features of an image are fused by concatenation (K x
+4,096-D), mean- or max-pooling (4,096-D), L2-normalized, and images are ranked by cosine
+similarity.
 
 One extraction serves every (K, fusion): the detections and region features of the
 `max_regions` best boxes are cached per image, and `regions` / `fusion` only select and
@@ -14,12 +18,11 @@ and region extraction once.
 
 Choices the paper leaves open, with their defaults: fewer than K boxes after NMS ->
 `padding=repeat_best` repeats the best box (`whole_image` adds the whole image); no box
-at all -> the whole image. Queries are detected like database images
-(`query_regions=detect`, inside the query's crop when the protocol crops), or described
-by their given box (`query_regions=box`, repeated K times). The class-score variant
-(`class_scores=true`, the paper's 32.2% INSTRE-S row, whose combination the paper does
-not spell out) appends the detector's softmax class-score vector of the best box, L2-
-normalized and weighted by `class_score_weight`, to the fused feature.
+at all -> the whole image. `query_regions=box` describes a query by its given box
+(repeated K times) instead of detecting in it. The class-score variant (`class_scores=
+true`, the paper's 32.2% row of Sec. 5, whose combination the paper does not spell out)
+appends the N-class detector's softmax class-score vector of the best box, L2-normalized
+and weighted by `class_score_weight`, to the fused feature.
 """
 
 from __future__ import annotations
@@ -32,66 +35,70 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from irbench.datasets.base import Image, Query, split_segments
+from irbench.datasets.base import Box, Image, Query, split_segments
 from irbench.datasets.images import check_decodable, crop, read_image
 from irbench.errors import BadImagesError, ConfigError, ImageReadError
 from irbench.harness.config import param
 from irbench.harness.search import l2_normalize, search
 from irbench.methods.base import NO_STAGE, QUERY_STAGE, Method, Stage
 from irbench.methods.cnn.backbones import BackboneNet, load_backbone
+from irbench.methods.cnn.checkpoint import checkpoint_path
 from irbench.methods.cnn.detector import (
     FPN,
-    DetectorSettings,
+    REGIONS,
+    DetectorConfig,
+    build_detector,
     class_scores_of,
+    convergence_problems,
     describe_detector,
     detect,
     head_of,
     iou,
+    loss_ends,
     model_from_arrays,
     pad_regions,
     state_arrays,
+    train_check,
     train_detector,
 )
 from irbench.methods.cnn.extract import Resize, autocast, prepare
-from irbench.methods.cnn.fcnn import checkpoint_path
 
 log = logging.getLogger(__name__)
 
 FUSIONS = ("concat", "mean", "max")
+_WARNED: set[str] = set()
+"""Detectors whose convergence warning this process has shown."""
 
 
 @dataclass(frozen=True)
-class DrcnnConfig:
-    regions: int = param(1, "K: regions per image fused (the paper: 1..5; best K=2)", minimum=1, stage=QUERY_STAGE)
-    fusion: str = param("concat", "concat | mean | max (Sec. 3.3)", choices=FUSIONS, stage=QUERY_STAGE)
-    max_regions: int = param(5, "regions detected, described and cached per image (K <= it)", minimum=1, stage="regions")
+class DrcnnConfig(DetectorConfig):
+    """DR-CNN's config: the detector's fields (`DetectorConfig`: py-faster-rcnn's
+    defaults) and those of the regions, their features and their fusion."""
+
+    regions: int = param(1, "K: regions per image fused (the paper: 1..5; best K=2)",
+                         minimum=1, stage=QUERY_STAGE)
+    fusion: str = param("concat", "concat | mean | max (Sec. 3.2)", choices=FUSIONS,
+                        stage=QUERY_STAGE)
+    max_regions: int = param(5, "regions detected, described and cached per image (K <= it)",
+                             minimum=1, stage=REGIONS)
     padding: str = param("repeat_best", "fewer than K boxes: repeat_best | whole_image",
-                         choices=("repeat_best", "whole_image"), stage="regions")
-    query_regions: str = param("detect", "detect: queries go through the detector; box: "
-                                         "their given box", choices=("detect", "box"), stage="query_regions")
-    class_scores: bool = param(False, "N-class detector; append its class-score vector", stage="detector")
-    class_score_weight: float = param(1.0, "weight of the class-score vector", minimum=0.0, stage=QUERY_STAGE)
-    backbone: str = param("vgg16", "detector backbone (the paper: VGG16), any registered "
-                                   "backbone or resnet50-fpn", stage="detector")
-    weights: str = param("imagenet", "detector backbone weights: imagenet | none | PATH", stage="detector")
+                         choices=("repeat_best", "whole_image"), stage=REGIONS)
+    query_regions: str = param("detect", "detect: queries go through the detector (Sec. "
+                                         "3.2); box: their given box",
+                               choices=("detect", "box"), stage="query_regions")
+    class_scores: bool = param(False, "append the N-class detector's class-score vector "
+                                      "(Sec. 5)", stage=REGIONS)
+    class_score_weight: float = param(1.0, "weight of the class-score vector", minimum=0.0,
+                                      stage=QUERY_STAGE)
     feature_backbone: str = param("", "region-feature network (empty: the detector's "
-                                      "backbone; the paper: ImageNet VGG16)", stage="regions")
-    feature_weights: str = param("imagenet", "region-feature weights: imagenet | none | PATH", stage="regions")
-    image_size: int = param(224, "regions resized to this square before FC7", minimum=16, stage="regions")
-    fc7_after_relu: bool = param(True, "FC7 after its ReLU", stage="regions")
-    min_size: int = param(600, "detector: shorter image side (py-faster-rcnn: 600)", minimum=16, stage="detector")
-    max_size: int = param(1000, "detector: longer image side cap (py-faster-rcnn: 1000)", minimum=16, stage="detector")
-    rpn_pre_nms_top_n_train: int = param(2000, "detector training: RPN proposals before NMS", minimum=1, stage="detector")
-    rpn_post_nms_top_n_train: int = param(2000, "detector training: proposals kept after NMS", minimum=1, stage="detector")
-    rpn_pre_nms_top_n_test: int = param(1000, "detection: RPN proposals before NMS", minimum=1, stage="regions")
-    rpn_post_nms_top_n_test: int = param(300, "detection: proposals kept (py-faster-rcnn: 300)", minimum=1, stage="regions")
-    box_batch_size_per_image: int = param(512, "detector training: RoIs sampled per image", minimum=1, stage="detector")
-    box_nms_thresh: float = param(0.3, "detection NMS IoU (py-faster-rcnn test: 0.3)", minimum=0.0, maximum=1.0, stage="regions")
-    detector_epochs: int = param(10, "detector fine-tuning passes over the train boxes", minimum=0, stage="detector")
-    detector_learning_rate: float = param(1e-3, "detector SGD learning rate", minimum=0.0, stage="detector")
-    frozen_stages: int = param(1, "backbone stages frozen (1: VGG16 conv1_1, conv1_2, as "
-                                  "the paper)", minimum=0, stage="detector")
-    precision: str = param("fp32", "region features: fp32 | bf16", choices=("fp32", "bf16"), stage="regions")
+                                      "backbone; the paper: ImageNet VGG16)", stage=REGIONS)
+    feature_weights: str = param("imagenet", "region-feature weights: imagenet | none | PATH",
+                                 stage=REGIONS)
+    image_size: int = param(224, "regions resized to this square before FC7", minimum=16,
+                            stage=REGIONS)
+    fc7_after_relu: bool = param(True, "FC7 after its ReLU", stage=REGIONS)
+    precision: str = param("fp32", "region features: fp32 | bf16", choices=("fp32", "bf16"),
+                           stage=REGIONS)
     batch_size: int = param(20, "region crops per forward pass", minimum=1, stage=NO_STAGE)
 
 
@@ -106,7 +113,8 @@ class DrcnnMethod(Method):
         "backbone": "efficientnet-lite0", "regions": 2, "max_regions": 2, "min_size": 160,
         "max_size": 160, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
         "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
-        "box_batch_size_per_image": 32, "detector_epochs": 1}
+        "anchor_sizes": (32, 64, 128), "box_batch_size_per_image": 32,
+        "detector_iterations": 4}
     stages: ClassVar[Mapping[str, Stage]] = {
         "detector": Stage(seeded=True),
         "regions": Stage(after=("detector",)),
@@ -126,20 +134,6 @@ class DrcnnMethod(Method):
         self._features_net: BackboneNet | None = None
         self._classes: list[str] = []
 
-    def settings(self) -> DetectorSettings:
-        cfg = self.config
-        return DetectorSettings(
-            backbone=cfg.backbone, weights=cfg.weights,
-            classes=max(1, len(self._classes)) if cfg.class_scores else 1,
-            min_size=cfg.min_size, max_size=cfg.max_size,
-            rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-            rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-            rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-            box_batch_size_per_image=cfg.box_batch_size_per_image,
-            box_nms_thresh=cfg.box_nms_thresh, epochs=cfg.detector_epochs,
-            learning_rate=cfg.detector_learning_rate, frozen_stages=cfg.frozen_stages)
-
     # -- fit: the detector ----------------------------------------------------------------
 
     def fit(self, train: Sequence[Image]) -> None:
@@ -148,36 +142,61 @@ class DrcnnMethod(Method):
         if not boxed:
             raise ConfigError("drcnn fine-tunes its detector on the train split's boxes; "
                               "this dataset's train split has no boxes")
-        self._classes = sorted({im.label for im in boxed if im.label})
+        if cfg.detector_classes == "per_label":
+            unlabelled = [im.id for im in boxed if not im.label]
+            if unlabelled:
+                raise ConfigError(
+                    f"drcnn: detector_classes=per_label gives the detector one class per "
+                    f"train label, but {len(unlabelled)} boxed train image(s) have no "
+                    f"label (e.g. {unlabelled[0]}); set detector_classes=agnostic")
+            self._classes = sorted({im.label for im in boxed})
+        else:
+            self._classes = []
         if cfg.class_scores and len(self._classes) < 2:
-            raise ConfigError("class_scores=true needs a labelled train split (>= 2 classes)")
-        class_of = {c: i + 1 for i, c in enumerate(self._classes)} if cfg.class_scores else {}
-        s = self.settings()
-        inputs = {"train": self.context.identify(tuple(boxed)),
-                  "classes": self._classes if cfg.class_scores else [],
+            raise ConfigError("class_scores=true needs the N-class detector "
+                              "(detector_classes=per_label) and >= 2 train labels")
+        class_of = {c: i + 1 for i, c in enumerate(self._classes)}
+        inputs = {"train": self.context.identify(tuple(boxed)), "classes": self._classes,
                   "box_head": head_of(cfg.backbone)}
         checkpoint = checkpoint_path(self, "detector", inputs)
 
         def compute() -> dict[str, Any]:
             check_decodable(boxed, workers=self.context.workers)
-            model, history = train_detector(s, boxed, class_of, seed=self.context.seed,
+            model, history = train_detector(cfg, boxed, class_of, seed=self.context.seed,
                                             device=self.context.device, checkpoint=checkpoint,
                                             progress=self.context.progress)
-            return {**state_arrays(model), "history": history}
+            recall = train_check(model, boxed, seed=self.context.seed,
+                                 device=self.context.device)
+            return {**state_arrays(model), "history": history, "train_recall": recall}
 
         art = self.cached("detector", compute, inputs=inputs)
         self._detector_arrays = art  # the model is built only when a region is detected
         self._detector_id = art.id
         if checkpoint is not None and checkpoint.is_file():
             checkpoint.unlink()
-        self._info.update({"detector_backbone": cfg.backbone, "detector_train_images":
-                           len(boxed), "detector_history": art.get("history", []),
-                           **describe_detector(art, cfg.backbone, cfg.frozen_stages)})
+        history, recall = art.get("history", []), art.get("train_recall", {})
+        problems = convergence_problems(history, recall)
+        if problems and art.id not in _WARNED:  # once per detector and process (sweeps)
+            _WARNED.add(art.id)
+            for problem in problems:
+                log.warning("drcnn: the detector did not converge: %s. Train longer or with "
+                            "a higher learning rate (detector_iterations, "
+                            "detector_learning_rate)", problem)
+        first, last = loss_ends(history)
+        self._info.update({
+            "detector_backbone": cfg.backbone, "detector_train_images": len(boxed),
+            "detector_classes": max(1, len(self._classes)), "detector_history": history,
+            "detector_loss_first": first, "detector_loss_last": last,
+            "detector_train_recall": recall, "detector_converged": not problems,
+            "detector_convergence_problems": problems,
+            **describe_detector(build_detector(cfg, max(1, len(self._classes)),
+                                               pretrained=False),
+                                cfg.backbone, cfg.frozen_stages)})
 
     def detector(self):
         if self._detector is None:
-            self._detector = model_from_arrays(self.settings(), self._detector_arrays,
-                                               self.context.device)
+            self._detector = model_from_arrays(self.config, max(1, len(self._classes)),
+                                               self._detector_arrays, self.context.device)
         return self._detector
 
     # -- regions and their features -------------------------------------------------------
@@ -269,10 +288,15 @@ class DrcnnMethod(Method):
         self._info["detection_recall_iou50"] = detection_recall(database, reg["boxes"])
         self._info["images_without_detection"] = int((reg["found"] == 0).sum())
         self._info["feature_dim"] = int(self._database.shape[1])
+        self._info["database_best_box_iou"] = best_box_iou(
+            [im.box for im in database], reg["boxes"])
 
     def query(self, queries: Sequence[Query], k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = self.fuse(self.regions("queries", queries))
-        return search(self._database, q, k, backend=self.context.search)
+        reg = self.regions("queries", queries)
+        if self.config.query_regions == "detect":  # regions found inside the crop
+            self._info["query_best_box_iou"] = best_box_iou(
+                [_in_crop(q) for q in queries], reg["boxes"])
+        return search(self._database, self.fuse(reg), k, backend=self.context.search)
 
     def index_bytes(self) -> int | None:
         db = getattr(self, "_database", None)
@@ -282,7 +306,7 @@ class DrcnnMethod(Method):
 def fuse(features: np.ndarray, k: int, fusion: str, class_scores: np.ndarray | None = None,
          class_score_weight: float = 1.0) -> np.ndarray:
     """Fuse the first `k` (L2-normalized) region features of each image (n, R, D):
-    concat -> (n, k*D), mean / max -> (n, D); L2-normalized (Sec. 3.3). With
+    concat -> (n, k*D), mean / max -> (n, D); L2-normalized (Sec. 3.2). With
     `class_scores` (n, C), their L2-normalized vector times `class_score_weight` is
     appended before the final normalization."""
     f = np.asarray(features, np.float32)[:, :k]
@@ -300,6 +324,25 @@ def fuse(features: np.ndarray, k: int, fusion: str, class_scores: np.ndarray | N
             np.asarray(class_scores, np.float32).reshape(len(out), -1))], axis=1)
         out = l2_normalize(out)
     return np.ascontiguousarray(out, np.float32)
+
+
+def _in_crop(q: Query) -> tuple[float, float, float, float] | None:
+    """The query's object box in the coordinates of the image the detector saw (the crop,
+    rounded outwards as `images.crop` does, when the protocol crops)."""
+    if q.box is None:
+        return None
+    if not q.crop:
+        return q.box
+    x1, y1, x2, y2 = q.box
+    ox, oy = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+    return (x1 - ox, y1 - oy, x2 - ox, y2 - oy)
+
+
+def best_box_iou(objects: Sequence[Box | None], boxes: np.ndarray) -> list[float | None]:
+    """Per image, the IoU of its best (first) region with its object's box (None without
+    one): the evidence of whether the region a K=1 feature describes holds the object."""
+    return [None if b is None else round(float(iou(b, boxes[i, :1])[0]), 4)
+            for i, b in enumerate(objects)]
 
 
 def detection_recall(images: Sequence[Image], boxes: np.ndarray,

@@ -34,11 +34,11 @@ from torch import nn
 from irbench.datasets.base import Image
 from irbench.datasets.images import check_decodable, read_image
 from irbench.errors import ConfigError
-from irbench.harness.cache import atomic_writer
 from irbench.harness.config import param
 from irbench.harness.progress import NULL_PROGRESS, Progress
 from irbench.methods.base import Stage
 from irbench.methods.cnn.backbones import BackboneNet, build_backbone, load_backbone
+from irbench.methods.cnn.checkpoint import checkpoint_path, resume, save_checkpoint
 from irbench.methods.cnn.cnn import CnnConfig, CnnMethod
 from irbench.methods.cnn.extract import prepare
 
@@ -158,54 +158,6 @@ def train_classifier(cfg: FcnnConfig, train: Sequence[Image], classes: list[str]
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                 break
     return net.eval(), history
-
-
-def save_checkpoint(path: Path, model: nn.Module, optimizer: Any, history: list[dict[str, float]],
-                    epoch: int, schedule: Any = None) -> None:
-    """Model, optimizer, schedule and RNG state after `epoch`, written atomically."""
-    _save(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "schedule": schedule.state_dict() if schedule is not None else None,
-                 "rng": torch.get_rng_state(), "history": history, "epoch": epoch})
-
-
-def resume(path: Path | None, model: nn.Module, optimizer: Any, schedule: Any = None, *,
-           device: str = "cpu") -> tuple[list[dict[str, float]], int]:
-    """Restore a checkpoint written by `save_checkpoint` if there is one: (history, epochs
-    done); ([], 0) without one. A checkpoint that cannot be read or restored is deleted
-    with a warning naming it, and training starts over."""
-    if path is None or not path.is_file():
-        return [], 0
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if schedule is not None and state.get("schedule") is not None:
-            schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-        history, epoch = list(state["history"]), int(state["epoch"])
-    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint only costs the restart
-        log.warning("checkpoint %s is damaged (%s: %s); deleting it and training from the "
-                    "start", path, type(exc).__name__, exc)
-        path.unlink(missing_ok=True)
-        return [], 0
-    log.info("resuming training from %s (after epoch %d)", path, epoch)
-    return history, epoch
-
-
-def checkpoint_path(method: Any, stage: str, inputs: dict[str, Any]) -> Path | None:
-    """Where the training checkpoint of `method`'s `stage` for `inputs` lives: named by
-    the key of the artifact the training produces, so a checkpoint resumes only the
-    training it belongs to. None when the cache is disabled."""
-    cache = method.context.cache
-    if not cache.enabled:
-        return None
-    kind, key = method.stage_key(stage, inputs)
-    return cache.root / "checkpoints" / kind / cache.key_of(kind, key) / "last.pt"
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    with atomic_writer(path) as fh:
-        torch.save(state, fh)
 
 
 class FcnnMethod(CnnMethod):
