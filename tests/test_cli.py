@@ -244,3 +244,17 @@ def test_methods_name_shows_one_method_field_by_field():
     assert out.exit_code == 2 and "Did you mean: drcnn" in out.output
     out = invoke("datasets", "demo")
     assert out.exit_code == 0 and "object_scale" in out.output
+
+
+def test_leaderboard_shows_only_the_methods_asked_for(tmp_path):
+    manifest = make_manifest(tmp_path / "d")
+    common = ["--cache-dir", str(tmp_path / "c"), "--results-dir", str(tmp_path / "r")]
+    assert invoke("run", "-m", "mean-color", "-d", f"manifest:{manifest}", "-q",
+                  *common).exit_code == 0
+    out = invoke("leaderboard", "--results-dir", str(tmp_path / "r"), "--format", "csv",
+                 "-m", "mean-color")
+    assert out.exit_code == 0 and "mean-color" in out.output
+    assert "reported" not in out.output  # the paper's rows are DR-CNN's
+    out = invoke("leaderboard", "--results-dir", str(tmp_path / "r"), "-m", "drcnn")
+    assert out.exit_code == 1 and "no run records of drcnn" in out.output
+    assert "methods with records: mean-color" in out.output

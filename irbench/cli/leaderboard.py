@@ -24,17 +24,29 @@ from irbench.results.store import default_results_dir, read_records
               type=click.Choice(["table", "markdown", "csv", "json", "latex"]),
               default="table", show_default=True,
               help="Output format (csv and json: numbers as numbers; latex: booktabs).")
+@click.option("-m", "--method", "methods", multiple=True, metavar="NAME",
+              help="Only these methods (repeat the option for several).")
 @click.option("--no-reported", is_flag=True, help="Hide the paper's reported reference rows.")
 @click.option("--no-ci", is_flag=True,
               help="Detail: hide the ± bootstrap interval of each mAP.")
 @results_dir_option("Where run records are read from")
-def leaderboard_cmd(dataset, fmt, no_reported, no_ci, results_dir) -> None:
+def leaderboard_cmd(dataset, fmt, methods, no_reported, no_ci, results_dir) -> None:
     """Compare runs: rows are method + config, columns datasets (and protocol settings),
     cells mAP in %. Rows marked `reported` are the paper's numbers, not measured here."""
     results_dir = results_dir or default_results_dir()
     records, problems = read_records(results_dir)
     for p in problems:
         err_console.print(Text.assemble(("warning: skipped ", "yellow"), p), soft_wrap=True)
+    if methods:
+        unknown = sorted(set(methods) - {r.method for r in records})
+        if records and unknown:
+            err_console.print(f"no run records of {', '.join(unknown)} in {results_dir}/; "
+                              f"methods with records: "
+                              f"{', '.join(sorted({r.method for r in records}))}",
+                              highlight=False)
+            raise SystemExit(1)
+        records = [r for r in records if r.method in methods]
+        no_reported = no_reported or not any(rep.method in methods for rep in lb.REPORTED)
     code = current_code(records)
     if not records:
         err_console.print(f"no run records in {results_dir}/ yet: try "
