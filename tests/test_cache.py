@@ -64,3 +64,64 @@ def test_disabled_cache_writes_nothing(tmp_path):
     cache.load_or_compute("kind", {}, lambda: {"x": np.ones(2)})
     cache.map_cached("m", {}, [1, 2], lambda c: [{"v": np.ones(1)} for _ in c])
     assert not (tmp_path / "c").exists()
+
+
+def _slow(seconds, value):
+    def compute():
+        import time
+
+        time.sleep(seconds)
+        return {"x": np.full(3, value)}
+    return compute
+
+
+def test_a_reused_artifact_reports_the_time_it_took_to_compute(tmp_path):
+    Cache(tmp_path).load_or_compute("kind", {"k": 1}, _slow(0.2, 1))
+    later = Cache(tmp_path)
+    art = later.load_or_compute("kind", {"k": 1}, _slow(0.2, 2))
+    assert art["x"][0] == 1 and art.compute_seconds >= 0.2
+    event = later.events[0]
+    assert event.hit and event.compute_seconds == art.compute_seconds
+    assert event.to_dict()["compute_seconds"] >= 0.2
+    # a stage that only reused it costs what computing it did, not what loading did
+    assert later.cost_since(0, event.seconds) == pytest.approx(art.compute_seconds)
+
+
+def test_computing_time_counts_what_a_computation_reused(tmp_path):
+    cache = Cache(tmp_path)
+    cache.load_or_compute("inner", {"k": 1}, _slow(0.3, 1))
+    later = Cache(tmp_path)
+
+    def outer():
+        inner = later.load_or_compute("inner", {"k": 1}, _slow(0.3, 9))
+        return {"y": inner["x"] * 2}
+
+    out = later.load_or_compute("outer", {"k": 1}, outer)
+    assert out["y"][0] == 2 and out.compute_seconds >= 0.3  # inner counted at 0.3 s
+
+
+def test_computing_time_is_unknown_when_a_reused_part_has_none(tmp_path):
+    from irbench.harness.cache import write_artifact
+
+    cache = Cache(tmp_path)
+    key_hash = cache.key_of("old", {"k": 1})
+    write_artifact(cache.path_for("old", key_hash), {"x": np.ones(2)}, key_hash,
+                   {"kind": "old"})  # as stored before computing times were recorded
+    art = cache.load_or_compute("old", {"k": 1}, _slow(0, 0))
+    assert art["x"][0] == 1 and art.compute_seconds is None
+    assert cache.cost_since(0, 1.0) is None
+
+
+def test_map_cached_sums_the_computing_time_of_resumed_shards(tmp_path):
+    import time
+
+    def compute(chunk):
+        time.sleep(0.1)
+        return [{"v": np.asarray([i])} for i in chunk]
+
+    cache = Cache(tmp_path)
+    art = cache.map_cached("kind", {"k": 1}, list(range(6)), compute, shard_size=2)
+    assert art.compute_seconds >= 0.3  # three shards of 0.1 s
+    again = Cache(tmp_path).map_cached("kind", {"k": 1}, list(range(6)), compute,
+                                       shard_size=2)
+    assert again.compute_seconds == pytest.approx(art.compute_seconds, abs=1e-3)

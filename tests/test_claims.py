@@ -66,3 +66,11 @@ def test_claims_not_held_and_missing_runs():
     none = by_claim(check_claims([record("bow", "demo", 50.0)]))
     assert [c.status for c in none["every fusion peaks at K = 2"]] == [NOT_ENOUGH]
     assert [c.status for c in none["CNN < F-CNN < DR-CNN"]] == [NOT_ENOUGH]
+
+
+def test_a_sweep_of_one_fusion_is_not_a_fusion_comparison():
+    recs = sweep("demo", {"concat": [30, 32, 31]}, class_scores=True)
+    checks = by_claim(check_claims(recs))
+    for claim in ("concatenation beats mean and max", "every fusion peaks at K = 2"):
+        assert [c.scope for c in checks[claim]] == ["drcnn"]  # only "no sweep" is said
+        assert checks[claim][0].status == NOT_ENOUGH

@@ -2,12 +2,15 @@ import csv
 import io
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from irbench.cli import leaderboard as cli_lb
 from irbench.cli.main import cli
+from irbench.errors import UnknownNameError
 from irbench.harness.runner import RunOptions, run
 from irbench.results import leaderboard as lb
 from irbench.results.stats import bootstrap_interval
@@ -81,7 +84,7 @@ def test_detail_accepts_the_run_spec_of_a_folder(tmp_path):
 
 def record(method: str, ap: list[float | None], *, fingerprint: str = "fp-demo",
            dataset: str = "demo", config: dict | None = None, cached: bool = False,
-           index_bytes: int | None = 2**20) -> RunRecord:
+           index_bytes: int | None = 2**20, seed: int = 0) -> RunRecord:
     """A run record of `method` with the per-query APs `ap` (one unnamed setting)."""
     valid = [v for v in ap if v is not None]
     metrics = {"map": sum(valid) / len(valid), "precision_at": {"1": 0.5, "5": None},
@@ -95,7 +98,7 @@ def record(method: str, ap: list[float | None], *, fingerprint: str = "fp-demo",
         metrics={"settings": {"": metrics}},
         timings={"fit": StageTiming(1.5, 1.0, 2**21),
                  "query": StageTiming(0.25, 0.2, 3 * 2**20, cached=cached)},
-        index_bytes=index_bytes, seed=0, topk=100, search="exact", database_size=100,
+        index_bytes=index_bytes, seed=seed, topk=100, search="exact", database_size=100,
         method_code="x", date="2026-01-01")
 
 
@@ -254,3 +257,191 @@ def test_latex_from_the_cli(tmp_path):
     assert r"\begin{tabular}" in out.output and r"\bottomrule" in out.output
     row = next(line for line in out.output.splitlines() if line.startswith("best &"))
     assert r"\textbf{" in row
+
+
+# -- sorting, column selection, narrow terminals, seeds ---------------------------------------
+
+LONG = {"vocabulary_size": 64, "rootsift": False, "ratio_threshold": 0.8}
+"""A config too long for a narrow terminal's config column."""
+
+
+def _maps(table, column="mAP"):
+    return [d.get(column) for d in table.data]
+
+
+def test_sort_rows_best_first_and_text_ascending():
+    runs = [record("a", [0.5, 0.6], index_bytes=3 * 2**20), record("b", [0.9, 0.8]),
+            record("c", [0.1, 0.2], index_bytes=None)]
+    t = lb.sort_rows(lb.detail(runs, "demo", ci=False, resamples=200), "mAP")
+    assert [d["method"] for d in t.data] == ["b", "a", "c"]
+    assert t.rows[0][t.columns.index("mAP")].startswith("85.00")
+    by_index = lb.sort_rows(t, "index MiB")  # lower is better; no index last
+    assert [d["method"] for d in by_index.data] == ["b", "a", "c"]
+    by_name = lb.sort_rows(lb.sort_rows(t, "mAP"), "method")
+    assert [r[0] for r in by_name.rows] == ["a", "b", "c"]
+    # the best mark follows its row
+    assert (by_name.data.index(next(d for d in by_name.data if d["method"] == "b")),
+            "mAP") in lb.best_cells(by_name)
+
+
+def test_reported_rows_sort_among_the_others_by_their_value():
+    runs = [record("hi", [0.9, 0.9], dataset="oxford105k"),
+            record("lo", [0.2, 0.2], dataset="oxford105k")]
+    t = lb.sort_rows(lb.overview(runs), "oxford105k")
+    values = [v for v in _maps(t, "oxford105k") if v is not None]
+    assert values == [90.0, 40.4, 20.0]
+    assert 1 in t.reported_rows and t.rows[1][t.columns.index("kind")] == "reported"
+    assert [d["method"] for d in t.data[:3]] == ["hi", "drcnn", "lo"]
+
+
+def test_unknown_sort_or_column_lists_the_columns():
+    t = lb.detail(_runs(), "demo", ci=False, resamples=200)
+    with pytest.raises(UnknownNameError, match=r"did you mean 'mAP'.*available: method, "
+                                                r"config, .*mP@1"):
+        lb.sort_rows(t, "mAp")
+    with pytest.raises(UnknownNameError, match="no column 'nope'"):
+        lb.select_columns(t, ["mAP", "nope"])
+
+
+def test_select_columns_keeps_labels_and_each_columns_typed_values():
+    t = lb.select_columns(lb.detail(_runs(), "demo", resamples=200), ["fit s", "mAP"])
+    assert t.columns == ["method", "config", "fit s", "mAP"]
+    assert all(len(row) == 4 for row in t.rows)
+    header = lb.to_csv(t).splitlines()[0].split(",")
+    assert {"mAP", "mAP ci_low", "mAP p_vs_best", "fit s", "fit cached", "run_id"} <= set(
+        header)
+    assert not {"kind", "mP@1", "query s", "query cached", "peak MiB"} & set(header)
+    assert "seed" in header  # no `run` column shows it (every run used the defaults)
+    tex = lb.to_latex(t)
+    assert r"\begin{tabular}{llrr}" in tex  # labels left, numbers right, without `kind`
+
+
+def test_sort_and_columns_apply_to_every_format(tmp_path):
+    for r in _runs():
+        write_record(r, tmp_path / "r")
+    base = ["leaderboard", "--results-dir", str(tmp_path / "r"), "-d", "demo", "--no-ci",
+            "--sort", "mAP", "--columns", "mAP,kind"]
+    outputs = {}
+    for fmt in ("table", "markdown", "csv", "json", "latex"):
+        out = CliRunner(env={"COLUMNS": "200"}).invoke(cli, [*base, "--format", fmt])
+        assert out.exit_code == 0, out.output
+        assert "mP@1" not in out.output and "peak MiB" not in out.output, fmt
+        outputs[fmt] = out.output
+    order = [r["method"] for r in csv.DictReader(io.StringIO(outputs["csv"]))]
+    assert order[:2] == ["best", "tied"] and order[-1] == "worse"
+    assert [r["method"] for r in json.loads(outputs["json"])["rows"]] == order
+    for fmt in ("table", "markdown", "latex"):
+        text = outputs[fmt]
+        assert text.index("best") < text.index("tied") < text.index("worse"), fmt
+    bad = CliRunner().invoke(cli, [*base[:-2], "--columns", "mAP,nope"])
+    assert bad.exit_code == 2
+    assert "--columns" in bad.output and "available: method, config, kind" in bad.output
+    bad = CliRunner().invoke(cli, [*base[:-4], "--sort", "nope"])
+    assert bad.exit_code == 2 and "--sort" in bad.output and "mAP" in bad.output
+
+
+def test_split_columns_keeps_dataset_options_together():
+    assert cli_lb.split_columns("demo[a=1,b=2], oxford5k,") == ["demo[a=1,b=2]", "oxford5k"]
+
+
+def _render(table, width: int) -> str:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=io.StringIO(), emoji=False,
+                      markup=False)
+    console.print(cli_lb.render(table, width))
+    return console.export_text()
+
+
+def test_narrow_terminal_moves_long_configs_to_a_legend():
+    runs = [record("bow", [0.5, 0.7], config=LONG),
+            record("bow", [0.5, 0.7], config=LONG, fingerprint="fp-2"),
+            record("cop", [0.6, 0.9], config={"match_hamming_threshold": 22}),
+            record("vlad", [0.4, 0.2])]
+    label = lb.config_label(runs[0])
+    t = lb.detail(runs, "demo", resamples=200)
+    text = _render(t, 100)
+    assert max(map(len, text.splitlines())) <= 100
+    assert "…" not in text
+    table, _, legend = text.partition("└")
+    assert label not in table and table.count("[1]") == 2  # identical configs share [1]
+    assert "[2]" in table and "default" in table  # short configs stay in their cell
+    assert f"[1] {label}" in legend and "[2] match_hamming_threshold=22" in legend
+    for i, row in enumerate(t.rows):  # every mAP cell whole, on one line
+        if i not in t.reported_rows:
+            assert row[t.columns.index("mAP")] in table
+    assert "hidden at this width: fit s" in legend and "--columns" in legend
+    wide = _render(t, 400)
+    assert label in wide and "[1]" not in wide and "hidden" not in wide
+    assert label in lb.to_markdown(t) and "[1]" not in lb.to_markdown(t)
+
+
+def test_narrow_terminal_from_the_cli(tmp_path):
+    runs = [record("bow", [0.5, 0.7], config=LONG), record("cop", [0.6, 0.9])]
+    for r in runs:
+        write_record(r, tmp_path / "r")
+    args = ["leaderboard", "--results-dir", str(tmp_path / "r"), "-d", "demo"]
+    out = CliRunner(env={"COLUMNS": "100"}).invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    assert f"[1] {lb.config_label(runs[0])}" in out.output and "…" not in out.output
+    assert max(map(len, out.output.splitlines())) <= 100
+    csv_out = CliRunner(env={"COLUMNS": "100"}).invoke(cli, [*args, "--format", "csv"])
+    assert lb.config_label(runs[0]) in csv_out.output and "[1]" not in csv_out.output
+
+
+def _seeded() -> list[RunRecord]:
+    """bow with seeds 0, 1, 2 (mAP 50, 60, 90 %) and cop with one seed (55 %)."""
+    return [*(record("bow", [m, m], config={"vocabulary_size": 64}, seed=s)
+              for s, m in enumerate((0.5, 0.6, 0.9))), record("cop", [0.55, 0.55])]
+
+
+def _spread() -> str:
+    return f"66.67 ± {float(np.std([50.0, 60.0, 90.0], ddof=1)):.2f}"
+
+
+def test_records_of_different_seeds_are_not_collapsed():
+    runs = _seeded()
+    assert len({r.run_id for r in runs}) == 4
+    assert len(lb.latest_records(runs)) == 4
+    newer = replace(runs[1], date="2027-01-01")
+    kept = lb.latest_records([*runs, newer])
+    assert len(kept) == 4 and newer in kept and runs[1] not in kept
+    assert [len(g) for g in lb.seed_groups(runs)] == [3]
+
+
+def test_overview_adds_a_mean_of_the_seeds():
+    t = lb.overview(_seeded(), reported=False)
+    kinds = [(d["method"], r[t.columns.index("run")], d["kind"]) for d, r in zip(
+        t.data, t.rows, strict=True)]
+    assert kinds == [("bow", "", "measured"), ("bow", "seed=1", "measured"),
+                     ("bow", "seed=2", "measured"), ("bow", "", "mean of 3 seeds"),
+                     ("cop", "", "measured")]
+    std = float(np.std([50.0, 60.0, 90.0], ddof=1))
+    assert t.rows[3][t.columns.index("demo")] == _spread()
+    assert lb.SEEDS_NOTE in t.notes
+    assert (3, "demo") not in lb.best_cells(t) and (2, "demo") in lb.best_cells(t)
+    rows = json.loads(lb.to_json(t))["rows"]
+    assert rows[3]["demo"] == pytest.approx(200 / 3) and rows[3]["demo std"] == pytest.approx(
+        std)
+    assert rows[3]["n_seeds"] == 3 and rows[3]["seed"] is None and len(rows[3]["run_ids"]) == 3
+    assert rows[0]["n_seeds"] is None and rows[0]["demo std"] is None
+    assert "demo std" not in lb.to_csv(lb.overview(_seeded()[3:], reported=False))
+
+
+def test_detail_adds_a_mean_of_the_seeds():
+    t = lb.detail(_seeded(), "demo", resamples=200)
+    means = [i for i, d in enumerate(t.data) if d["kind"] == "mean of 3 seeds"]
+    assert means == [3]  # after its seeds
+    std = float(np.std([50.0, 60.0, 90.0], ddof=1))
+    assert t.rows[3][t.columns.index("mAP")] == _spread()
+    assert t.rows[3][t.columns.index("mP@1")] == ""
+    row = next(r for r in csv.DictReader(io.StringIO(lb.to_csv(t)))
+               if r["kind"] == "mean of 3 seeds")
+    assert float(row["mAP"]) == pytest.approx(200 / 3)
+    assert float(row["mAP std"]) == pytest.approx(std) and row["n_seeds"] == "3"
+    assert row["seed"] == "" and row["run_id"] == ""
+    ordered = lb.sort_rows(t, "mAP")  # the mean sorts by its value among the seeds
+    assert [(d["method"], d["kind"], d["seed"]) for d in ordered.data] == [
+        ("bow", "measured", 2), ("bow", "mean of 3 seeds", None), ("bow", "measured", 1),
+        ("cop", "measured", 0), ("bow", "measured", 0)]
+    assert lb.SEEDS_NOTE in t.notes

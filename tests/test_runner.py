@@ -29,6 +29,8 @@ def test_run_produces_a_complete_record(tmp_path, tiny):
     assert rec.topk == 12 and rec.index_bytes == 12 * 12 * 4
     assert rec.dataset == "tiny" and rec.protocol["crop_query"]
     assert rec.environment["numpy"] == np.__version__
+    lo, hi = m["map_ci"]  # the 95% bootstrap interval of the mAP over queries
+    assert 0 <= lo <= m["map"] <= hi <= 1
     records, problems = read_records(tmp_path / "results")
     assert not problems and [r.run_id for r in records] == [rec.run_id]
     doc = json.loads((tmp_path / "results" / f"{rec.run_id}.json").read_text())
@@ -49,6 +51,38 @@ def test_rerun_reuses_cache_and_is_identical(tmp_path, tiny):
     assert MeanColor.encoded == 2 * encoded and third.metrics == first.metrics
 
 
+def test_a_stage_that_reuses_features_records_what_computing_them_cost(tmp_path, tiny):
+    first = run(MeanColor, tiny, options(tmp_path))
+    assert all(t.compute_s is not None for t in first.timings.values())
+    assert first.timings["query"].compute_s == pytest.approx(first.timings["query"].wall_s,
+                                                             abs=1e-3)
+    second = run(MeanColor, tiny, options(tmp_path, topk=5))  # new ranking, same features
+    query = second.timings["query"]
+    assert not query.cached and any(e["hit"] for e in second.cache_events)
+    reused = [e for e in second.cache_events if e["hit"]]
+    assert all(e["compute_seconds"] is not None for e in reused)
+    # the loading time of the reused features is replaced by their computing time
+    assert query.compute_s >= query.wall_s - sum(e["seconds"] for e in reused) - 1e-3
+
+
+@pytest.mark.parametrize("backend", ["ivfpq", "hnsw"])
+def test_an_approximate_search_records_its_recall_and_index_size(tmp_path, tiny, backend):
+    exact = run(MeanColor, tiny, options(tmp_path))
+    approx = run(MeanColor, tiny, options(tmp_path, search=backend))
+    rep = approx.search_report
+    assert exact.search_report == {} and rep["backend"] == backend
+    assert 0 <= rep["recall"] <= 1 and rep["recall_queries"] == 4 and rep["index_bytes"] > 0
+    option = {"ivfpq": {"nprobe": "1"}, "hnsw": {"ef_search": "300"}}[backend]
+    other = run(MeanColor, tiny, options(tmp_path, search=backend, search_options=option))
+    key, value = next(iter(option.items()))
+    assert other.search_options == option and other.search_report["options"][key] == int(value)
+    assert len({exact.run_id, approx.run_id, other.run_id}) == 3  # three records
+    again = run(MeanColor, tiny, options(tmp_path, search=backend))
+    assert again.timings["query"].cached and again.search_report == rep
+    with pytest.raises(ConfigError, match="no option"):
+        options(tmp_path, search=backend, search_options={"bogus": "1"})
+
+
 def test_sweep_shares_stages(tmp_path, tiny):
     MeanColor.encoded = 0
     records = sweep(MeanColor, tiny, {"unused": ["1", "2", "3"]}, options(tmp_path))
@@ -57,6 +91,8 @@ def test_sweep_shares_stages(tmp_path, tiny):
     records = sweep(MeanColor, tiny, {"grid": ["1", "2"], "unused": ["0", "5"]},
                     options(tmp_path))
     assert len(records) == 4 and MeanColor.encoded == 32  # grid=1 is new, grid=2 cached
+    sweep(MeanColor, tiny, {"unused": ["1", "2", "3"]}, options(tmp_path, overwrite=True))
+    assert MeanColor.encoded == 48  # --overwrite recomputes the shared stage once, not 3x
 
 
 def test_bad_overrides(tmp_path, tiny):

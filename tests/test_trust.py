@@ -349,8 +349,13 @@ def test_records_of_different_runs_never_overwrite_each_other(tmp_path):
     assert len(columns) == 2 and all("@" in c for c in columns)
     labels = {row[table.columns.index("run")] for row in table.rows}
     assert {"", "seed=1", "search=faiss", "seed=1, search=faiss", "top-2"} <= labels
-    cells = [c for row in table.rows for c in row[table.columns.index("kind") + 1:] if c]
-    assert len(cells) == 9  # one cell per run: nothing averaged or overwritten
+    kind = table.columns.index("kind")
+    per_run = [row for row in table.rows if not row[kind].startswith("mean of")]
+    cells = [c for row in per_run for c in row[kind + 1:] if c]
+    assert len(cells) == 9  # one cell per run: nothing overwritten (means are added rows)
+    means = [row for row in table.rows if row[kind].startswith("mean of")]
+    assert len(means) == 2 and all(row[kind] == "mean of 2 seeds" for row in means)
+    assert all(len([c for c in row[kind + 1:] if " ± " in c]) == 2 for row in means)
     assert any(n.startswith(columns[0]) for n in table.notes)
 
 

@@ -14,6 +14,7 @@ import irbench
 from irbench.cli.compare import compare_cmd
 from irbench.cli.data import data_cmd
 from irbench.cli.leaderboard import leaderboard_cmd
+from irbench.cli.paper import paper_cmd
 from irbench.cli.registry_cmds import datasets_cmd, methods_cmd
 from irbench.cli.report import report_cmd
 from irbench.cli.run import run_cmd
@@ -96,6 +97,7 @@ cli.add_command(compare_cmd)
 cli.add_command(show_cmd)
 cli.add_command(data_cmd)
 cli.add_command(report_cmd)
+cli.add_command(paper_cmd)
 
 
 def main() -> None:

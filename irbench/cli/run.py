@@ -60,7 +60,12 @@ def common_paths(fn):
                    "available, at most 8].")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
 @click.option("--search", type=click.Choice(BACKENDS), default="exact", show_default=True,
-              help="Dense search backend for global descriptors.")
+              help="Dense search backend for global descriptors: exact, faiss (exact), or "
+                   "approximate ivfpq / hnsw (their recall@100 against exact search and "
+                   "index bytes go into the record).")
+@click.option("--search-option", "search_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the approximate search backend (repeatable; see README, "
+                   "`bench run`).")
 @click.option("--overwrite", is_flag=True, help="Recompute every stage, ignoring cached ones.")
 @click.option("--verify-images", is_flag=True,
               help="Hash every image file again instead of trusting the signatures memoized "
@@ -74,7 +79,7 @@ def common_paths(fn):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
 def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, workers, device,
-            search, overwrite, verify_images, no_cache, no_record, keep_ranking, cache_dir,
+            search, search_options, overwrite, verify_images, no_cache, no_record, keep_ranking, cache_dir,
             results_dir, data_root, quiet, verbose):
     """Run METHOD on DATASET: fit -> index -> query -> evaluate, and write a run record."""
     setup_logging(quiet, verbose)
@@ -84,7 +89,8 @@ def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, w
         results_dir=None if no_record else (results_dir or default_results_dir()),
         data_root=data_root,
         topk=topk, seed=seed, workers=workers or default_workers(), device=device,
-        search=search, overwrite=overwrite, use_cache=not no_cache,
+        search=search, search_options=parse_pairs(search_options, "--search-option"),
+        overwrite=overwrite, use_cache=not no_cache,
         progress=make_progress(quiet),
         dataset_options=parse_pairs(dataset_options, "--dataset-option"),
         verify_images=verify_images, keep_ranking=keep_ranking,
@@ -100,10 +106,28 @@ def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, w
         else:
             records.append(run(method, dataset, at_seed, overrides))
     console.print(records_table(records))
+    for line in search_lines(records):
+        console.print(line, highlight=False)
     if len(seed_list) > 1:
         console.print(seeds_table(records))
     if options.results_dir is not None:
         console.print(f"run records in {options.results_dir}/", highlight=False)
+
+
+def search_lines(records: list[RunRecord]) -> list[str]:
+    """One line per run with an approximate search: its recall and index size."""
+    out = []
+    for r in records:
+        rep = r.search_report
+        if not rep:
+            continue
+        recall = "—" if rep.get("recall") is None else f"{rep['recall']:.3f}"
+        opts = ", ".join(f"{k}={v}" for k, v in rep.get("options", {}).items())
+        out.append(f"{r.method} {config_label(r)}: search {rep.get('backend')} ({opts}) "
+                   f"on {rep.get('device')}: recall@{rep.get('recall_at')} {recall} against "
+                   f"exact search on {rep.get('recall_queries')} queries; index "
+                   f"{rep.get('index_bytes', 0) / 2**20:.2f} MiB")
+    return out
 
 
 def parse_seeds(seeds: str | None, seed: int) -> list[int]:

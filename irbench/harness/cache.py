@@ -53,10 +53,15 @@ class Artifact(dict):
     artifact is stored under, which downstream stages put in their own keys."""
 
     id: str = ""
+    compute_seconds: float | None = None
+    """Seconds it took to compute (artifacts it reused counted at their own computing
+    time, see `Cache.cost_since`); None when stored before this was recorded."""
 
-    def __init__(self, values: Mapping[str, Any] = (), id: str = "") -> None:
+    def __init__(self, values: Mapping[str, Any] = (), id: str = "",
+                 compute_seconds: float | None = None) -> None:
         super().__init__(values)
         self.id = id
+        self.compute_seconds = compute_seconds
 
 
 def default_cache_dir() -> Path:
@@ -116,17 +121,25 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 @dataclass
 class CacheEvent:
-    """One lookup: which artifact, whether it was reused, and its size on disk."""
+    """One lookup: which artifact, whether it was reused, its size on disk, the seconds
+    the lookup took (loading when reused) and the seconds computing it took (now on a
+    miss; when it was stored on a hit, None if unknown)."""
 
     kind: str
     key: str
     hit: bool
     bytes: int
     seconds: float
+    compute_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key[:16], "hit": self.hit, "bytes": self.bytes,
-                "seconds": round(self.seconds, 4)}
+                "seconds": round(self.seconds, 4),
+                "compute_seconds": _round(self.compute_seconds)}
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
 
 
 @dataclass
@@ -137,6 +150,9 @@ class Cache:
     overwrite: bool = False
     enabled: bool = True
     events: list[CacheEvent] = field(default_factory=list)
+    fresh: set[str] = field(default_factory=set)
+    """Keys of the artifacts written under `overwrite` (pass one set to the caches of
+    several runs, a sweep's points): recomputed once, then reused."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser()
@@ -150,15 +166,27 @@ class Cache:
     def _reuse(self, kind: str, key_hash: str, start: float) -> Artifact | None:
         """The stored artifact (event recorded), or None: disabled, overwrite, absent or
         damaged (then deleted, see `read_artifact`)."""
-        if not self.enabled or self.overwrite:
+        if not self.enabled or (self.overwrite and key_hash not in self.fresh):
             return None
         path = self.path_for(kind, key_hash)
         found = read_artifact(path, key_hash)
         if found is not None:
             log.info("reusing cached %s (%s)", kind, key_hash[:12])
             self.events.append(CacheEvent(kind, key_hash, True, _size(path),
-                                          time.perf_counter() - start))
+                                          time.perf_counter() - start, found.compute_seconds))
         return found
+
+    def cost_since(self, first_event: int, elapsed: float) -> float | None:
+        """What `elapsed` seconds of work would have cost with nothing reused: the time
+        each artifact reused since event `first_event` took to load is replaced by the
+        time it took to compute. None when one of them was stored without that time."""
+        cost = elapsed
+        for event in self.events[first_event:]:
+            if event.hit:
+                if event.compute_seconds is None:
+                    return None
+                cost += event.compute_seconds - event.seconds
+        return max(0.0, cost)
 
     # -- single artifacts ------------------------------------------------------------
 
@@ -171,12 +199,18 @@ class Cache:
         found = self._reuse(kind, key_hash, start)
         if found is not None:
             return found
-        artifact = Artifact(compute(), key_hash)
+        first = len(self.events)
+        values = compute()
+        artifact = Artifact(values, key_hash,
+                            self.cost_since(first, time.perf_counter() - start))
         nbytes = 0
         if self.enabled:
-            write_artifact(path, artifact, key_hash, {"kind": kind, **_json_key(key)})
+            write_artifact(path, artifact, key_hash, {"kind": kind, **_json_key(key)},
+                           artifact.compute_seconds)
             nbytes = _size(path)
-        self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start))
+            self.fresh.add(key_hash)
+        self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
+                                      artifact.compute_seconds))
         return artifact
 
     # -- per-item computations, sharded and resumable ----------------------------------
@@ -213,6 +247,7 @@ class Cache:
         shards: list[dict[str, np.ndarray]] = []
         unreadable: list[ImageReadError | BadImagesError] = []
         resumed = 0
+        compute_seconds: float | None = 0.0
         with progress.task(description or kind, total=n) as advance:
             for begin in range(0, n, shard_size):
                 end = min(n, begin + shard_size)
@@ -223,7 +258,9 @@ class Cache:
                     shard = read_artifact(shard_path, shard_hash)
                     if shard is not None:
                         resumed += end - begin
+                        compute_seconds = _add(compute_seconds, shard.compute_seconds)
                 if shard is None:
+                    first, chunk_start = len(self.events), time.perf_counter()
                     try:
                         per_item = compute_chunk(items[begin:end])
                     except (ImageReadError, BadImagesError) as exc:
@@ -236,9 +273,11 @@ class Cache:
                             f"{end - begin} items"
                         )
                     shard = _concat_items(per_item)
+                    shard_seconds = self.cost_since(first, time.perf_counter() - chunk_start)
+                    compute_seconds = _add(compute_seconds, shard_seconds)
                     if self.enabled:
                         write_artifact(shard_path, shard, shard_hash,
-                                       {"kind": kind, "shard": [begin, end]})
+                                       {"kind": kind, "shard": [begin, end]}, shard_seconds)
                 shards.append(shard)
                 advance(end - begin)
         if unreadable:
@@ -246,14 +285,22 @@ class Cache:
         if resumed:
             log.info("resumed %s: %d of %d items were already computed", kind, resumed, n)
         result = Artifact(_merge_shards(shards) if shards else
-                          {"offsets": np.zeros(1, np.int64)}, key_hash)
+                          {"offsets": np.zeros(1, np.int64)}, key_hash, compute_seconds)
         nbytes = 0
         if self.enabled:
-            write_artifact(final_path, result, key_hash, {"kind": kind, **_json_key(key)})
+            write_artifact(final_path, result, key_hash, {"kind": kind, **_json_key(key)},
+                           compute_seconds)
             nbytes = _size(final_path)
+            self.fresh.add(key_hash)
             shutil.rmtree(shard_dir, ignore_errors=True)
-        self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start))
+        self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
+                                      compute_seconds))
         return result
+
+
+def _add(total: float | None, seconds: float | None) -> float | None:
+    """A sum of computing times that is unknown as soon as one part is."""
+    return None if total is None or seconds is None else total + seconds
 
 
 def _json_key(key: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,9 +363,10 @@ def _meta_checksum(meta: Any) -> str:
 
 
 def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
-                   key: Mapping[str, Any]) -> None:
-    """Write the folder `path` (arrays.npz and meta.json with their checksums) under a
-    temporary name, then rename it into place (replacing an older copy)."""
+                   key: Mapping[str, Any], compute_seconds: float | None = None) -> None:
+    """Write the folder `path` (arrays.npz and meta.json with their checksums, and the
+    seconds computing it took) under a temporary name, then rename it into place
+    (replacing an older copy)."""
     arrays = {k: np.asarray(v) for k, v in artifact.items() if isinstance(v, np.ndarray)}
     meta = json.loads(json.dumps({k: v for k, v in artifact.items()
                                   if not isinstance(v, np.ndarray)}, default=str))
@@ -330,7 +378,8 @@ def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
             np.savez(fh, **arrays)
         record = {"format": FORMAT_VERSION, "id": key_hash, "key": dict(key), "meta": meta,
                   "meta_sha256": _meta_checksum(meta),
-                  "arrays": {k: array_checksum(v) for k, v in arrays.items()}}
+                  "arrays": {k: array_checksum(v) for k, v in arrays.items()},
+                  "compute_seconds": _round(compute_seconds)}
         atomic_write_text(staging / "meta.json", json.dumps(record, default=str))
         _move_into_place(staging, path)
     finally:
@@ -388,7 +437,9 @@ def read_artifact(path: Path, key_hash: str) -> Artifact | None:
                 return _discard(path, f"array {name!r} does not match its checksum")
     except Exception as exc:  # noqa: BLE001 - any damage means: recompute, never fail
         return _discard(path, f"{type(exc).__name__}: {exc}")
-    return Artifact({**meta, **arrays}, key_hash)
+    seconds = record.get("compute_seconds")
+    return Artifact({**meta, **arrays}, key_hash,
+                    float(seconds) if isinstance(seconds, int | float) else None)
 
 
 def _discard(path: Path, problem: str) -> None:

@@ -47,7 +47,7 @@ from irbench.harness.evaluate import evaluate
 from irbench.harness.parallel import default_workers
 from irbench.harness.progress import NULL_PROGRESS, Progress
 from irbench.harness.registry import METHODS, load_dataset
-from irbench.harness.search import BACKENDS
+from irbench.harness.search import SearchSpec
 from irbench.methods.base import Method, RunContext, code_identity, library_versions
 from irbench.results.store import RunRecord, StageTiming, default_results_dir, write_record
 
@@ -83,14 +83,20 @@ class RunOptions:
     workers: int = field(default_factory=default_workers)
     device: str = "cpu"
     search: str = "exact"
+    search_options: Mapping[str, Any] = field(default_factory=dict)
+    """Options of an approximate search backend (`irbench.harness.search.SEARCH_OPTIONS`)."""
     overwrite: bool = False
-    """Recompute every stage instead of reusing cached artifacts."""
+    """Recompute every stage instead of reusing cached artifacts (each once: the runs
+    made with these options share `fresh_artifacts`)."""
     use_cache: bool = True
     progress: Progress = NULL_PROGRESS
     dataset_options: Mapping[str, Any] = field(default_factory=dict)
     verify_images: bool = False
     """Hash every image file again instead of trusting the memoized signatures of files
     whose size, mtime, ctime and inode are unchanged (`irbench.datasets.signature`)."""
+    fresh_artifacts: set[str] = field(default_factory=set, repr=False, compare=False)
+    """Artifacts recomputed under `overwrite` by runs with these options, reused by the
+    later ones (a sweep trains its detector once)."""
     keep_ranking: int = 100
     """How much of each query's ranking the record keeps (database indices and scores,
     best first); 0 keeps none. The metrics always use the whole evaluated depth."""
@@ -99,9 +105,7 @@ class RunOptions:
         self.cache_dir = Path(self.cache_dir).expanduser()
         if self.results_dir is not None:
             self.results_dir = Path(self.results_dir).expanduser()
-        if self.search not in BACKENDS:
-            raise ConfigError(f"unknown search backend {self.search!r}; "
-                              f"choose one of {', '.join(BACKENDS)}")
+        SearchSpec(self.search, self.search_options)  # ConfigError naming what is wrong
         if self.topk < 0:
             raise ConfigError("topk must be >= 0 (0 ranks the whole database)")
         if self.workers < 1:
@@ -215,14 +219,32 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _timed(timings: dict[str, StageTiming], stage: str, fn: Callable[[], Any]) -> Any:
-    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+def _timed(timings: dict[str, StageTiming], stage: str, fn: Callable[[], Any],
+           cache: Cache) -> Any:
+    """Run `fn` as `stage`, recording its times and peak memory in `timings`."""
+    wall0, cpu0, first = time.perf_counter(), _cpu_seconds(), len(cache.events)
     with _PeakRss() as rss:
         out = fn()
-    timings[stage] = StageTiming(wall_s=round(time.perf_counter() - wall0, 4),
+    wall = time.perf_counter() - wall0
+    cost = cache.cost_since(first, wall)
+    timings[stage] = StageTiming(wall_s=round(wall, 4),
                                  cpu_s=round(_cpu_seconds() - cpu0, 4),
-                                 peak_rss_bytes=int(rss.peak))
+                                 peak_rss_bytes=int(rss.peak),
+                                 compute_s=None if cost is None else round(cost, 4))
     return out
+
+
+def with_intervals(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` with each setting's `map_ci`: the 95% percentile-bootstrap interval of
+    its mAP over queries (`irbench.results.stats.bootstrap_interval`: 10,000 resamples,
+    seed 0, queries without positives left out); None when no query has an AP."""
+    from irbench.results.stats import bootstrap_interval
+
+    for m in metrics["settings"].values():
+        ap = m.get("ap") or []
+        has_ap = any(v is not None for v in ap)
+        m["map_ci"] = [float(v) for v in bootstrap_interval(ap)] if has_ap else None
+    return metrics
 
 
 def environment() -> dict[str, Any]:
@@ -290,9 +312,12 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
          signer: ImageSigner) -> RunRecord:
     check_dataset(ds)
     fingerprint = ds.fingerprint(signer)  # lists every missing or unreadable image
-    cache = Cache(options.cache_dir, overwrite=options.overwrite, enabled=options.use_cache)
+    cache = Cache(options.cache_dir, overwrite=options.overwrite, enabled=options.use_cache,
+                  fresh=options.fresh_artifacts)
+    spec = SearchSpec(options.search, options.search_options, device=options.device,
+                      seed=options.seed)
     context = RunContext(cache=cache, seed=options.seed, workers=options.workers,
-                         device=options.device, search=options.search,
+                         device=options.device, search=spec,
                          progress=options.progress, dataset_id=f"{ds.name}@{ds.version}",
                          independent_set=ds.independent_set, signer=signer,
                          load_dataset=functools.partial(
@@ -307,12 +332,13 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
 
     key = {"method": cls.name, "config": config_hash(config), "code": code,
            "dataset": fingerprint, "depth": depth, "seed": options.seed,
-           "search": options.search, "libraries": library_versions()}
+           **spec.key(), "libraries": library_versions()}
 
     def run_stages() -> dict[str, Any]:
-        _timed(timings, "fit", lambda: method_obj.fit(ds.train))
-        _timed(timings, "index", lambda: method_obj.index(ds.database))
-        ranks, scores = _timed(timings, "query", lambda: method_obj.query(ds.queries, depth))
+        _timed(timings, "fit", lambda: method_obj.fit(ds.train), cache)
+        _timed(timings, "index", lambda: method_obj.index(ds.database), cache)
+        ranks, scores = _timed(timings, "query", lambda: method_obj.query(ds.queries, depth),
+                               cache)
         _check_ranking(cls.name, ranks, scores, len(ds.queries), depth, n_db)
         return {
             "ranks": np.asarray(ranks, np.int64),
@@ -320,6 +346,7 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
             "timings": {k: vars(v) for k, v in timings.items()},
             "index_bytes": method_obj.index_bytes(),
             "method_info": method_obj.info(),
+            "search_report": dict(spec.report),
         }
 
     stage_out = cache.load_or_compute("rankings", key, run_stages)
@@ -330,8 +357,8 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
         for name, t in stage_out["timings"].items():
             timings[name] = StageTiming(**{**t, "cached": True})
     ranks = stage_out["ranks"]
-    metrics = _timed(timings, "evaluate", lambda: evaluate(
-        ranks, ds.ground_truth, ds.protocol, [q.db_index for q in ds.queries], n_db))
+    metrics = _timed(timings, "evaluate", lambda: with_intervals(evaluate(
+        ranks, ds.ground_truth, ds.protocol, [q.db_index for q in ds.queries], n_db)), cache)
     record = RunRecord(
         method=cls.name,
         config=config_to_dict(config),
@@ -349,6 +376,8 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
         seed=options.seed,
         topk=depth,
         search=options.search,
+        search_options=dict(spec.options),
+        search_report=dict(stage_out.get("search_report") or {}),
         database_size=n_db,
         method_code=code,
         method_info=dict(stage_out.get("method_info") or {}),

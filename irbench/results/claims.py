@@ -125,7 +125,7 @@ def fusion_checks(records: list[RunRecord]) -> list[ClaimCheck]:
     concat_claim = "concatenation beats mean and max"
     peak_claim = "every fusion peaks at K = 2"
     out = []
-    figures = region_figures(records)
+    figures = [f for f in region_figures(records) if len(f.series) > 1]  # fusions compared
     settings = [{(k, json.dumps(v)) for k, v in f.changed.items()} for f in figures]
     common = set.intersection(*settings) if len(settings) > 1 else set()
     for fig in figures:

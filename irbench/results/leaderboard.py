@@ -14,21 +14,34 @@ not significantly different from the best of their column and data (paired
 randomisation test on the per-query APs against the best row, Holm-corrected across the
 column's rows, α = 0.05; `irbench.results.stats`). Reported rows have no per-query APs
 and are never tested.
+
+Runs that differ only in their seed (`bench run --seeds`) keep their own rows, and get
+one more row each: their mAP as `mean ± std` across the seeds (`across_seeds`).
+`sort_rows` and `select_columns` order and trim any table; `config_legend` moves long
+configs to a numbered legend for narrow terminals.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import math
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
 
-from irbench.results.stats import bootstrap_interval, holm, randomisation_p
+from irbench.errors import UnknownNameError
+from irbench.results.stats import (
+    SeedSpread,
+    across_seeds,
+    bootstrap_interval,
+    holm,
+    randomisation_p,
+)
 from irbench.results.store import RunRecord
 
 PAPER = "Mei et al. 2018"
@@ -40,6 +53,17 @@ SAME_AS_BEST = "≈"
 SIGNIFICANCE_NOTE = (f"{SAME_AS_BEST}: not significantly different from the best: paired "
                      f"randomisation test on per-query APs against the column's best row, "
                      f"Holm-corrected, α = {ALPHA}")
+SEEDS_NOTE = ("mean of N seeds: mean ± sample standard deviation (n - 1) of the mAPs of the "
+              "runs that differ only in their seed (their rows are shown too)")
+
+LABELS = ("method", "config", "run", "kind", "data")
+"""Display columns that name a row (text); the others hold numbers."""
+ALWAYS_SHOWN = ("method", "config")
+"""Label columns that `select_columns` always keeps."""
+RUN_KEYS = ("seed", "search", "depth", "stale")
+"""Typed values that the `run` display column shows."""
+CONFIG_INLINE = 12
+"""`config_legend` leaves configs up to this many characters in their cell."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +142,7 @@ class Table:
 
 def latest_records(records: list[RunRecord]) -> list[RunRecord]:
     """One record per run id (the run ids of different runs never collide): the most
-    recent."""
+    recent. The run id hashes the seed, so the runs of `bench run --seeds` all stay."""
     best: dict[str, RunRecord] = {}
     for r in records:
         if r.run_id not in best or r.date >= best[r.run_id].date:
@@ -164,6 +188,43 @@ def _run_data(record: RunRecord, current_code: Mapping[str, str] | None) -> dict
     return {"seed": record.seed, "search": record.search,
             "depth": None if record.full_depth else record.topk,
             "stale": "stale" in kind_label(record, current_code)}
+
+
+def seed_groups(records: list[RunRecord],
+                current_code: Mapping[str, str] | None = None) -> list[list[RunRecord]]:
+    """Runs that differ only in their seed (`bench run --seeds`): the same method,
+    config, data, search backend, ranking depth and kind; groups of two seeds or more,
+    each in the order of `records`."""
+    groups: dict[tuple[Any, ...], list[RunRecord]] = {}
+    for r in records:
+        key = (r.method, r.config_hash, dataset_label(r), r.dataset_fingerprint, r.search,
+               r.topk, kind_label(r, current_code))
+        groups.setdefault(key, []).append(r)
+    return [g for g in groups.values() if len({r.seed for r in g}) > 1]
+
+
+def _seedless(record: RunRecord) -> RunRecord:
+    """`record` with the default seed: its run label without `seed=N`."""
+    return replace(record, seed=0)
+
+
+def seeds_kind(group: list[RunRecord], current_code: Mapping[str, str] | None) -> str:
+    """The kind of a group's aggregate row: `mean of N seeds` (and what its runs are
+    besides measured, e.g. `untrained`)."""
+    kind = kind_label(group[0], current_code)
+    return f"mean of {len(group)} seeds" + ("" if kind == "measured" else f", {kind}")
+
+
+def _seed_spread(group: list[RunRecord], setting: str) -> SeedSpread | None:
+    """Mean and standard deviation of one setting's mAP (in %) across the group's seeds;
+    None when fewer than two of them have one."""
+    values = [r.primary_map(setting) for r in group]
+    values = [100.0 * v for v in values if v is not None]
+    return across_seeds(values) if len(values) > 1 else None
+
+
+def _spread_cell(spread: SeedSpread) -> str:
+    return f"{spread.mean:.2f} ± {spread.std:.2f}"
 
 
 def _fmt_value(v: Any) -> str:
@@ -246,59 +307,109 @@ def _data_notes(records: list[RunRecord], columns: Mapping[str, str]) -> list[st
     return [notes[k] for k in sorted(notes)]
 
 
+@dataclass
+class _Line:
+    """One overview row while it is built: cells, typed values and runs by column."""
+
+    cells: dict[str, str] = field(default_factory=dict)
+    values: dict[str, float | None] = field(default_factory=dict)
+    stds: dict[str, float] = field(default_factory=dict)
+    run_ids: dict[str, list[str]] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(RUN_KEYS))
+    base: str = ""
+    """The run label without the seed (a seed's rows are sorted next to their mean)."""
+    n_seeds: int | None = None
+
+
+def _line(lines: dict[tuple[str, str, str, str], _Line], key: tuple[str, str, str, str],
+          col: str, tag: str) -> _Line:
+    """The row of `key`, or a row marked with `tag` when `key`'s row already has a cell in
+    `col` (same label, other run: defaults changed between versions)."""
+    line = lines.setdefault(key, _Line())
+    if col in line.cells:
+        line = lines.setdefault((*key[:3], f"{key[3]} [{tag[-8:]}]"), _Line())
+    return line
+
+
+def _add_column(columns: list[str], col: str) -> str:
+    if col not in columns:
+        columns.append(col)
+    return col
+
+
+def _overview_lines(records: list[RunRecord], by_fp: Mapping[str, str], columns: list[str],
+                    current_code: Mapping[str, str] | None
+                    ) -> dict[tuple[str, str, str, str], _Line]:
+    """The measured rows of the overview and the mean row of each seed group."""
+    lines: dict[tuple[str, str, str, str], _Line] = {}
+    for r in records:
+        key = (r.method, config_label(r), run_label(r), kind_label(r, current_code))
+        for setting, m in r.metrics.get("settings", {}).items():
+            col = _add_column(columns, _column(by_fp[r.dataset_fingerprint], setting))
+            line = _line(lines, key, col, r.run_id)
+            if not line.run_ids:
+                line.run, line.base = _run_data(r, current_code), run_label(_seedless(r))
+            line.cells[col], line.values[col] = percent(m.get("map")), _points(m.get("map"))
+            line.run_ids[col] = [r.run_id]
+    for group in seed_groups(records, current_code):
+        first = group[0]
+        key = (first.method, config_label(first), run_label(_seedless(first)),
+               seeds_kind(group, current_code))
+        for setting in first.metrics.get("settings", {}):
+            spread = _seed_spread(group, setting)
+            if spread is None:
+                continue
+            col = _column(by_fp[first.dataset_fingerprint], setting)
+            line = _line(lines, key, col, first.config_hash)
+            line.run = {**_run_data(first, current_code), "seed": None}
+            line.base, line.n_seeds = key[2], len(group)
+            line.cells[col], line.values[col] = _spread_cell(spread), spread.mean
+            line.stds[col], line.run_ids[col] = spread.std, [r.run_id for r in group]
+    return lines
+
+
 def overview(records: list[RunRecord], *, reported: bool = True,
              current_code: Mapping[str, str] | None = None) -> Table:
     """Rows: method + config + run options + kind; columns: dataset (and protocol
     setting); cells: mAP in %. Runs that differ in anything that changes a number
-    (config, seed, search backend, depth, data) never share a cell. The typed rows
-    have `seed`, `search`, `depth`, `stale` and `run_ids` (the runs of the row's cells,
-    in column order) in place of the `run` label."""
+    (config, seed, search backend, depth, data) never share a cell; runs that differ only
+    in their seed also get a row of `mean ± std` across the seeds. The typed rows have
+    `seed`, `search`, `depth`, `stale` and `run_ids` (the runs of the row's cells, in
+    column order) in place of the `run` label, and, when there are seed means, each
+    column's `<column> std` and `n_seeds` (None on the other rows)."""
     records = latest_records(records)
     by_fp = dataset_columns(records)
     columns: list[str] = []
-    cells: dict[tuple[str, str, str, str], dict[str, str]] = {}
-    values: dict[tuple[str, str, str, str], dict[str, float | None]] = {}
-    runs: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    for r in records:
-        row_key = (r.method, config_label(r), run_label(r), kind_label(r, current_code))
-        for setting, m in r.metrics.get("settings", {}).items():
-            col = _column(by_fp[r.dataset_fingerprint], setting)
-            if col not in columns:
-                columns.append(col)
-            row = cells.setdefault(row_key, {})
-            if col in row:  # same label, other run (defaults changed between versions)
-                row_key = (*row_key[:3], f"{row_key[3]} [{r.run_id[-8:]}]")
-                row = cells.setdefault(row_key, {})
-            row[col] = percent(m.get("map"))
-            values.setdefault(row_key, {})[col] = _points(m.get("map"))
-            run = runs.setdefault(row_key, {**_run_data(r, current_code), "run_ids": {}})
-            run["run_ids"][col] = r.run_id
+    lines = _overview_lines(records, by_fp, columns, current_code)
     if reported:
         for rep in REPORTED:
-            col = _column(rep.dataset, rep.setting)
-            if col not in columns:
-                columns.append(col)
-            key = (rep.method, rep.config, "", rep.kind)
-            cells.setdefault(key, {})[col] = f"{rep.map_percent:.1f}"
-            values.setdefault(key, {})[col] = rep.map_percent
+            col = _add_column(columns, _column(rep.dataset, rep.setting))
+            line = lines.setdefault((rep.method, rep.config, "", rep.kind), _Line())
+            line.cells[col], line.values[col] = f"{rep.map_percent:.1f}", rep.map_percent
+    seeded = any(line.n_seeds for line in lines.values())
     table = Table(title="mAP (%)", columns=["method", "config", "run", "kind", *columns],
-                  data_columns=["method", "config", "kind", *columns, "seed", "search",
-                                "depth", "stale", "run_ids"],
+                  data_columns=["method", "config", "kind",
+                                *(k for c in columns for k in (c, f"{c} std")[:1 + seeded]),
+                                *(["n_seeds"] if seeded else []), *RUN_KEYS, "run_ids"],
                   ranked=dict.fromkeys(columns, "higher"))
-    order = sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][3].startswith("reported"),
-                                                   kv[0][1], kv[0][2]))
-    for key, row in order:
-        run = runs.get(key, {"seed": None, "search": None, "depth": None, "stale": None,
-                             "run_ids": {}})
+    order = sorted(lines.items(), key=lambda kv: (
+        kv[0][0], kv[0][3].startswith("reported"), kv[0][1], kv[1].base,
+        kv[1].n_seeds is not None, kv[0][2]))
+    for key, line in order:
         data = {"method": key[0], "config": key[1], "kind": key[3],
-                **{c: values[key].get(c) for c in columns}, **run,
-                "run_ids": [run["run_ids"][c] for c in columns if c in run["run_ids"]]}
-        table.add_row([*key, *(row.get(c, "") for c in columns)], data,
+                **{c: line.values.get(c) for c in columns},
+                **{f"{c} std": line.stds.get(c) for c in columns}, **line.run,
+                "n_seeds": line.n_seeds,
+                "run_ids": [i for c in columns for i in line.run_ids.get(c, [])]}
+        table.unranked.update((len(table.rows), c) for c in line.stds)
+        table.add_row([*key, *(line.cells.get(c, "") for c in columns)], data,
                       reported=key[3].startswith("reported"))
     table.notes += _data_notes(records, by_fp)
     if any(run_label(r) for r in records):
         table.notes.append("run: the options that differ from a default run (seed, search "
                            "backend, top-k = ranking depth below the database size)")
+    if seeded:
+        table.notes.append(SEEDS_NOTE)
     return _finish(table, records, current_code, reported)
 
 
@@ -358,11 +469,37 @@ def _versus_best(records: list[RunRecord], setting: str, resamples: int,
     return out
 
 
+def _add_seed_row(table: Table, group: list[RunRecord], settings: list[str],
+                  data_label: str | None, current_code: Mapping[str, str] | None) -> None:
+    """The detail row of a seed group: each setting's mAP as `mean ± std` across the
+    seeds (typed: the mean, `<column> std` and `n_seeds`); never ranked."""
+    first = group[0]
+    kind = seeds_kind(group, current_code)
+    cells = dict.fromkeys(table.columns, "")
+    cells.update(method=first.method, config=config_label(first),
+                 run=run_label(_seedless(first)), kind=kind)
+    data: dict[str, Any] = {"method": first.method, "config": config_label(first),
+                            "kind": kind}
+    if data_label is not None:
+        cells["data"] = data["data"] = data_label
+    for s in settings:
+        col = f"{s} mAP" if s else "mAP"
+        spread = _seed_spread(group, s)
+        if spread is not None:
+            cells[col], data[col], data[f"{col} std"] = (_spread_cell(spread), spread.mean,
+                                                         spread.std)
+            table.unranked.add((len(table.rows), col))
+    data.update(_run_data(first, current_code), seed=None, n_seeds=len(group), run_id=None)
+    table.add_row([cells[c] for c in table.columns], data,
+                  group="" if data_label is None else first.dataset_fingerprint)
+
+
 def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
            current_code: Mapping[str, str] | None = None, ci: bool = True,
            resamples: int = 10_000, seed: int = 0) -> Table:
     """One dataset: every setting's mAP and mP@k, N-S score, stage timings, memory, index
-    size. Each mAP shows the half-width of its 95% bootstrap interval (`±`, unless `ci`
+    size; runs that differ only in their seed also get a row of `mean ± std` across the
+    seeds. Each mAP shows the half-width of its 95% bootstrap interval (`±`, unless `ci`
     is False) and `≈` when it is not significantly different from the best of its column
     (see the module docstring); `resamples` and `seed` drive both. The smallest
     randomisation p is 1 / (resamples + 1), so after Holm's correction a column of m
@@ -371,6 +508,7 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
     records = [r for r in latest_records(records) if matches_dataset(r, dataset)]
     by_fp = dataset_columns(records)
     several = len(by_fp) > 1
+    last_seed_of = {g[-1].run_id: g for g in seed_groups(records, current_code)}
     settings: list[str] = []
     ks: list[str] = []
     for r in records:
@@ -387,7 +525,7 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
         prefix = f"{s} " if s else ""
         metric_cols.append(f"{prefix}mAP")
         metric_cols.extend(f"{prefix}mP@{k}" for k in ks)
-        data_metric_cols.append(f"{prefix}mAP")
+        data_metric_cols += [f"{prefix}mAP", *([f"{prefix}mAP std"] if last_seed_of else [])]
         if ci:
             data_metric_cols += [f"{prefix}mAP ci_low", f"{prefix}mAP ci_high"]
         data_metric_cols += [f"{prefix}mAP best", f"{prefix}mAP p_vs_best"]
@@ -405,7 +543,8 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
         data_columns=["method", "config", "kind", *(["data"] if several else []),
                       *data_metric_cols, *(["N-S"] if has_ns else []), "queries",
                       *(c for s in stages for c in (f"{s} s", f"{s} cached")),
-                      "peak MiB", "index MiB", "seed", "search", "depth", "stale", "run_id"],
+                      "peak MiB", "index MiB", *(["n_seeds"] if last_seed_of else []),
+                      *RUN_KEYS, "run_id"],
         ranked={c: d for c, d in ranked.items() if c in metric_cols or c in tail})
     versus = {s: _versus_best(records, s, resamples, seed) for s in settings}
     marked = with_interval = False
@@ -462,6 +601,9 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
         data["index MiB"] = None if r.index_bytes is None else r.index_bytes / 2**20
         data.update(_run_data(r, current_code), run_id=r.run_id)
         table.add_row(row, data, group=r.dataset_fingerprint if several else "")
+        if r.run_id in last_seed_of:
+            _add_seed_row(table, last_seed_of[r.run_id], settings,
+                          by_fp[r.dataset_fingerprint] if several else None, current_code)
     if reported:
         for rep in REPORTED:
             if rep.dataset == dataset:
@@ -485,6 +627,8 @@ def detail(records: list[RunRecord], dataset: str, *, reported: bool = True,
                            f"over the queries ({resamples:,} resamples)")
     if marked:
         table.notes.append(SIGNIFICANCE_NOTE)
+    if last_seed_of:
+        table.notes.append(SEEDS_NOTE)
     return _finish(table, records, current_code,
                    reported and any(rep.dataset == dataset for rep in REPORTED))
 
@@ -507,6 +651,113 @@ def best_cells(table: Table) -> set[tuple[int, str]]:
             target = (max if better == "higher" else min)(v for v, _ in values)
             out.update((i, col) for v, i in values if v == target)
     return out
+
+
+def label_count(table: Table) -> int:
+    """How many of the first display columns are labels (text, left-aligned)."""
+    n = 0
+    while n < len(table.columns) and table.columns[n] in LABELS:
+        n += 1
+    return n
+
+
+def check_column(table: Table, name: str) -> None:
+    """UnknownNameError naming the closest columns and all of them when `table` has no
+    display column `name`."""
+    if name in table.columns:
+        return
+    close = difflib.get_close_matches(name, table.columns, n=3)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    raise UnknownNameError(f"no column {name!r} in this table{hint}; available: "
+                           f"{', '.join(table.columns)}")
+
+
+def _reorder(table: Table, order: list[int]) -> Table:
+    """`table` with its rows (and their typed values, groups and marks) in `order`."""
+    new = {old: i for i, old in enumerate(order)}
+
+    def pick(items: list[Any]) -> list[Any]:
+        return [items[i] for i in order] if len(items) == len(table.rows) else list(items)
+
+    return replace(table, rows=pick(table.rows), data=pick(table.data),
+                   groups=pick(table.groups), notes=list(table.notes),
+                   reported_rows={new[i] for i in table.reported_rows},
+                   unranked={(new[i], c) for i, c in table.unranked})
+
+
+def _sort_value(table: Table, row: int, column: str) -> float | str | None:
+    """A row's typed number in `column`, else its display text; None when empty."""
+    value = table.data[row].get(column) if len(table.data) == len(table.rows) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return table.rows[row][table.columns.index(column)] or None
+
+
+def sort_rows(table: Table, column: str) -> Table:
+    """The rows ordered by display column `column`, best first: numbers descending
+    (ascending where lower is better: times, memory), text A to Z; rows without a value
+    last, ties in their previous order. Reported and seed-mean rows sort by their value
+    like the others. UnknownNameError listing the columns for an unknown one."""
+    check_column(table, column)
+    values = [_sort_value(table, i, column) for i in range(len(table.rows))]
+    numeric = column not in LABELS and any(isinstance(v, float) for v in values)
+    sign = 1.0 if table.ranked.get(column) == "lower" else -1.0
+
+    def key(i: int) -> tuple[bool, float | str]:
+        v = values[i]
+        if numeric:
+            return (not isinstance(v, float), sign * v if isinstance(v, float) else 0.0)
+        return (v is None, str(v or "").casefold())
+
+    return _reorder(table, sorted(range(len(table.rows)), key=key))
+
+
+def _owner(columns: list[str], key: str) -> str | None:
+    """The display column that shows typed value `key` (`mAP` shows `mAP ci_low` and
+    `mAP std`, `fit s` shows `fit cached`, `run` the run options); None for values no
+    column shows (run ids, `n_seeds`)."""
+    if key in columns:
+        return key
+    if key in RUN_KEYS:
+        return "run" if "run" in columns else None
+    for col in sorted(columns, key=len, reverse=True):
+        if key.startswith(f"{col} ") or (col.endswith(" s") and key == f"{col[:-2]} cached"):
+            return col
+    return None
+
+
+def select_columns(table: Table, names: Sequence[str]) -> Table:
+    """Only the display columns `names` (in that order, after the labels), besides
+    method and config, each with its typed values; typed values that no column shows
+    (run ids, `n_seeds`) stay. UnknownNameError listing the columns for an unknown one."""
+    for name in names:
+        check_column(table, name)
+    keep = [c for c in table.columns if c in ALWAYS_SHOWN or (c in LABELS and c in names)]
+    keep += [c for c in dict.fromkeys(names) if c not in keep]
+    where = [table.columns.index(c) for c in keep]
+    owners = {k: _owner(table.columns, k) for k in table.data_columns}
+    return replace(table, columns=keep, rows=[[row[i] for i in where] for row in table.rows],
+                   data_columns=[k for k in table.data_columns
+                                 if owners[k] is None or owners[k] in keep],
+                   notes=list(table.notes))
+
+
+def config_legend(table: Table, longest: int = CONFIG_INLINE) -> tuple[Table, list[str]]:
+    """`table` with each config longer than `longest` characters replaced by `[n]`
+    (identical configs share a number, numbered in row order), and the legend lines
+    `[n] config`; the typed values keep the full configs."""
+    if "config" not in table.columns:
+        return table, []
+    j = table.columns.index("config")
+    numbers: dict[str, int] = {}
+    rows = []
+    for row in table.rows:
+        config = row[j]
+        if len(config) > longest:
+            config = f"[{numbers.setdefault(config, len(numbers) + 1)}]"
+        rows.append([*row[:j], config, *row[j + 1:]])
+    return (replace(table, rows=rows, notes=list(table.notes)),
+            [f"[{n}] {config}" for config, n in numbers.items()])
 
 
 def to_markdown(table: Table) -> str:
@@ -573,7 +824,7 @@ def to_latex(table: Table) -> str:
     ranked column in bold (among measured rows of the same data), reported rows in
     italics, the intervals as $\\pm$, the notes below."""
     best = best_cells(table)
-    text_cols = table.columns.index("kind") + 1 + ("data" in table.columns)
+    text_cols = label_count(table)
     spec = "l" * text_cols + "r" * (len(table.columns) - text_cols)
     lines = [r"\begin{table}[t]", r"\centering",
              rf"\caption{{{latex_escape(table.title)}}}", rf"\begin{{tabular}}{{{spec}}}",

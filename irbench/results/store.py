@@ -28,12 +28,17 @@ def default_results_dir() -> Path:
 
 @dataclass
 class StageTiming:
-    """One stage of a run: wall and CPU seconds, peak resident memory, and whether cached."""
+    """One stage of a run: wall and CPU seconds, peak resident memory, whether its
+    result was reused from the cache (`cached`: the times are then those of the run that
+    computed it), and `compute_s`: the seconds the stage would have taken with no cached
+    artifact reused (each reused artifact counted at the time it took to compute; None
+    when one was stored before that time was recorded). Latency figures use `compute_s`."""
 
     wall_s: float
     cpu_s: float
     peak_rss_bytes: int
     cached: bool = False
+    compute_s: float | None = None
 
 
 @dataclass
@@ -68,6 +73,11 @@ class RunRecord:
     cache_events: list[dict[str, Any]] = field(default_factory=list)
     untrained: bool = False
     """True when the method ran with weights=none (marked in the leaderboard)."""
+    search_options: dict[str, str] = field(default_factory=dict)
+    """The `--search-option`s given (an approximate backend's settings)."""
+    search_report: dict[str, Any] = field(default_factory=dict)
+    """What an approximate search measured: the options in effect, index bytes and
+    recall@100 against exact search on a sample of queries (`irbench.harness.search`)."""
     environment: dict[str, Any] = field(default_factory=dict)
     date: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -87,14 +97,16 @@ class RunRecord:
     @property
     def run_id(self) -> str:
         """Name of this run: method, dataset (with options) and a hash of everything
-        else that changes a number (config, dataset fingerprint, seed, search backend,
-        ranking depth), so two different runs never share a record file and a rerun of
+        else that changes a number (config, dataset fingerprint, seed, search backend and
+        its options, ranking depth), so two different runs never share a record file and a rerun of
         the same run replaces its own."""
         ds = _slug(self.dataset)
         if self.dataset_options:
             ds += "-" + _slug(",".join(f"{k}={v}" for k, v in sorted(self.dataset_options.items())))
-        ident = stable_hash([self.config_hash, self.dataset_fingerprint, self.seed,
-                             self.search, self.topk])
+        parts = [self.config_hash, self.dataset_fingerprint, self.seed, self.search, self.topk]
+        if self.search_options:
+            parts.append(dict(sorted(self.search_options.items())))
+        ident = stable_hash(parts)
         return f"{_slug(self.method)}__{ds}__{ident[:16]}"
 
     def to_dict(self) -> dict[str, Any]:
