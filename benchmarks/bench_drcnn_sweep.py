@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from irbench.harness.registry import load_dataset
+from irbench.datasets.registry import load_dataset
 from irbench.harness.runner import RunOptions, run, sweep
 
 FAST = {"backbone": "efficientnet-lite0", "min_size": 240, "max_size": 320,

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from irbench.harness.metrics import average_precision_batch
+from irbench.core.metrics import average_precision_batch
 
 N_DB, N_QUERIES, DEPTH, N_POS, N_JUNK, REPEATS = 27_293, 1_250, 1_000, 30, 4, 5
 

@@ -9,7 +9,7 @@ planted positives around their own centre, which lies near one of the distractor
 clusters; a third of the positives are "hard" (noisier, as similar to the query as that
 cluster's members are), so that exact search is far from perfect.
 
-For each backend (the harness's own `irbench.harness.search.search`, index built inside
+For each backend (the harness's own `irbench.core.search.search`, index built inside
 the call) it prints: seconds for the whole call (build + search), the index bytes
 (faiss's serialized index; for exact search the raw float32 vectors), recall@100 against
 exact search (every query), and mAP over the top `--depth` (default 1000; the same depth
@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
-from irbench.harness.metrics import average_precision_batch
-from irbench.harness.search import SearchSpec, exact_search, l2_normalize, search
+from irbench.core.metrics import average_precision_batch
+from irbench.core.search import SearchSpec, exact_search, l2_normalize, search
 
 
 def make_data(n: int, dim: int, clusters: int, nq: int, seed: int):

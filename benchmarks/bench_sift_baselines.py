@@ -31,9 +31,9 @@ import time
 
 import numpy as np
 
-from irbench.harness.registry import METHODS
-from irbench.harness.search import search
+from irbench.core.search import search
 from irbench.methods.base import RunContext
+from irbench.methods.registry import METHODS
 from irbench.methods.sift.hamming import HammingIndex, ScanSettings
 from irbench.methods.sift.invfile import TfIdfIndex
 from irbench.methods.sift.verification import Geometry

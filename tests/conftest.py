@@ -64,7 +64,7 @@ def _no_network(monkeypatch):
 @pytest.fixture(scope="module")
 def toy_method():
     """The toy method `mean-color` (tests.tiny.MeanColor), registered for CLI tests."""
-    from irbench.harness.registry import METHODS
+    from irbench.methods.registry import METHODS
     from tests.tiny import MeanColor
 
     if "mean-color" not in METHODS.names():

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+from irbench.core.cache import Cache
+from irbench.core.search import topk_from_scores
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError, ImageReadError
-from irbench.harness.cache import Cache
-from irbench.harness.search import topk_from_scores
 from irbench.methods.base import RunContext
 from irbench.methods.sift.bow import BowConfig, BowMethod
 from irbench.methods.sift.invfile import InvertedFile, TfIdfIndex, ranges
@@ -452,7 +452,7 @@ def test_bow_config_fields_and_sift_params():
 def test_one_vocabulary_serves_every_sift_method_with_its_defaults(tmp_path):
     """he-wgc, then bow and a verifier on the same data: one vocabulary is trained, the
     later runs say they reused it (the defaults of their vocabulary fields agree)."""
-    from irbench.harness.registry import create_method
+    from irbench.methods.registry import create_method
 
     names = ["he-wgc", "bow", "geometric-coding"]
     fields = [create_method(n).stage_fields("vocabulary") for n in names]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from irbench.harness.cache import Cache
+from irbench.core.cache import Cache
 
 
 def test_load_or_compute_reuses(tmp_path):
@@ -101,7 +101,7 @@ def test_computing_time_counts_what_a_computation_reused(tmp_path):
 
 
 def test_computing_time_is_unknown_when_a_reused_part_has_none(tmp_path):
-    from irbench.harness.cache import write_artifact
+    from irbench.core.cache import write_artifact
 
     cache = Cache(tmp_path)
     key_hash = cache.key_of("old", {"k": 1})

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from irbench.cli.main import cli
-from irbench.harness.parallel import parallel_map
+from irbench.core.parallel import parallel_map
 from irbench.results.store import read_records
 from tests.conftest import REPO
 from tests.test_parallel import (
@@ -114,7 +114,7 @@ class SlowColor(MeanColor):
 
 RUN_SLOW = """
 from irbench.cli.main import main
-from irbench.harness.registry import METHODS
+from irbench.methods.registry import METHODS
 from tests.test_cli import SlowColor
 METHODS.register("slow-color", SlowColor, source="tests")
 main()

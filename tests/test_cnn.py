@@ -18,13 +18,14 @@ import torch
 from click.testing import CliRunner
 
 from irbench.cli.main import cli
-from irbench.harness.registry import create_method, load_dataset
+from irbench.datasets.registry import load_dataset
 from irbench.harness.runner import RunOptions, run
 from irbench.methods.base import RunContext
 from irbench.methods.cnn import pooling
 from irbench.methods.cnn.backbones import WeightsError, build_backbone, load_backbone
 from irbench.methods.cnn.extract import Resize, extract
 from irbench.methods.cnn.fcnn import FcnnConfig, train_classifier
+from irbench.methods.registry import create_method
 
 
 @pytest.fixture(scope="module")

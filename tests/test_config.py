@@ -3,8 +3,7 @@ from typing import Literal
 
 import pytest
 
-from irbench.errors import ConfigError
-from irbench.harness.config import (
+from irbench.core.config import (
     build_config,
     changed_fields,
     config_hash,
@@ -12,6 +11,7 @@ from irbench.harness.config import (
     param,
     parse_value,
 )
+from irbench.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ A new built-in method is tested here without anyone writing a test.
 import numpy as np
 import pytest
 
-from irbench.harness.cache import Cache
-from irbench.harness.registry import METHODS, create_method, load_dataset
+from irbench.core.cache import Cache
+from irbench.datasets.registry import load_dataset
 from irbench.methods.base import RunContext
+from irbench.methods.registry import METHODS, create_method
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_every_config_field_declares_a_stage_the_method_has(name):
     stage of every field (a plugin may leave it out: the field then feeds every stage)."""
     import dataclasses
 
-    from irbench.harness.config import field_stage
+    from irbench.core.config import field_stage
     from irbench.methods.base import NO_STAGE, QUERY_STAGE
 
     cls = METHODS.get(name)
@@ -72,7 +73,7 @@ def test_every_config_field_declares_a_stage_the_method_has(name):
 def test_sift_extraction_parameters_are_the_fields_of_stage_sift():
     import dataclasses
 
-    from irbench.harness.config import field_stage
+    from irbench.core.config import field_stage
     from irbench.methods.sift.keypoints import SIFT_STAGE, SiftOptions, SiftParams
 
     declared = {f.name for f in dataclasses.fields(SiftOptions) if field_stage(f) == SIFT_STAGE}

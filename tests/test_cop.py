@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from irbench.core.config import describe_fields
 from irbench.errors import ConfigError
-from irbench.harness.config import describe_fields
 from irbench.methods.sift.cop import (
     CopOptions,
     consistent_group,

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from irbench.core.config import build_config
 from irbench.datasets import demo as demo_module
 from irbench.datasets.base import Dataset
 from irbench.datasets.demo import INDEX_NAME, DemoConfig, DemoDataset
 from irbench.datasets.images import read_image
 from irbench.datasets.signature import ImageSigner
 from irbench.errors import ConfigError
-from irbench.harness.config import build_config
 
 SMALL = {"objects": 3, "train_views": 1, "query_views": 2, "database_views": 2,
          "distractors": 2, "width": 160, "height": 120}

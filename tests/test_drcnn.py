@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from irbench.harness.registry import load_dataset
+from irbench.datasets.registry import load_dataset
 from irbench.harness.runner import RunOptions, sweep
 from irbench.methods.cnn.detector import (
     DetectorConfig,

@@ -26,7 +26,7 @@ def test_a_bow_run_imports_no_torch(tmp_path):
 
 
 def test_the_registry_imports_only_the_method_asked_for():
-    code = ("import sys; from irbench.harness.registry import create_method; "
+    code = ("import sys; from irbench.methods.registry import create_method; "
             "create_method('he-wgc'); print('torch' in sys.modules, "
             "'irbench.methods.cnn.drcnn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from irbench.harness.metrics import (
+from irbench.core.metrics import (
     average_precision,
     average_precision_batch,
     mean_ignoring_nan,
@@ -108,7 +108,7 @@ def test_batch_matches_single_and_reference():
 
 
 def test_chunked_lookup_table_gives_the_same(monkeypatch):
-    from irbench.harness import metrics
+    from irbench.core import metrics
 
     rng = np.random.default_rng(1)
     ranks = np.stack([rng.permutation(100)[:30] for _ in range(25)])

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from irbench.core.parallel import default_workers, parallel_map
 from irbench.datasets.images import read_image
 from irbench.errors import BadImagesError, ConfigError, ImageReadError
-from irbench.harness.parallel import default_workers, parallel_map
 from tests.conftest import REPO
 from tests.tiny import make_image
 
@@ -79,7 +79,7 @@ CHILD = """
 import sys, threading, time
 from pathlib import Path
 from multiprocessing import resource_tracker
-from irbench.harness.parallel import parallel_map
+from irbench.core.parallel import parallel_map
 from tests.test_parallel import record_and_sleep
 
 folder = Path(sys.argv[1])

@@ -2,11 +2,13 @@ from importlib import metadata
 
 import pytest
 
+from irbench.core import registry as reg
+from irbench.core.registry import Registry, describe
 from irbench.datasets.base import DatasetProvider
+from irbench.datasets.registry import DATASETS, load_dataset
 from irbench.errors import DuplicateNameError, UnknownNameError
-from irbench.harness import registry as reg
-from irbench.harness.registry import DATASETS, METHODS, Registry, describe
 from irbench.methods.base import Method
+from irbench.methods.registry import METHODS, _validate_method, create_method
 
 
 class A(Method):
@@ -51,7 +53,7 @@ def test_broken_plugin_is_listed_and_others_work(monkeypatch):
            _ep("good", "tests.test_registry:A", "g2")]  # a second distribution, same name
     monkeypatch.setattr(reg, "_entry_points", lambda group: eps)
     monkeypatch.setattr(reg, "_dist_name", lambda ep: "pkg-" + ep.group)
-    r = Registry("method", "g", reg._validate_method)
+    r = Registry("method", "g", _validate_method)
     assert r.get("good") is A
     broken = {b.name: b for b in r.broken()}
     assert "ModuleNotFoundError" in broken["bad"].error
@@ -72,7 +74,16 @@ def test_describe_lists_fields_with_defaults():
 
 def test_dataset_argument_rules(tmp_path):
     with pytest.raises(Exception, match="needs an argument"):
-        reg.load_dataset("folder")
+        load_dataset("folder")
     with pytest.raises(UnknownNameError, match="Did you mean"):
-        reg.load_dataset("dmeo")
+        load_dataset("dmeo")
     assert issubclass(DATASETS.get("folder"), DatasetProvider)
+
+
+def test_the_historical_import_path_still_works():
+    """`irbench.harness.registry` re-exports the registries from their homes, for users."""
+    from irbench.harness import registry as old
+
+    assert old.METHODS is METHODS and old.DATASETS is DATASETS
+    assert old.load_dataset is load_dataset and old.Registry is Registry
+    assert old.create_method is create_method and old.describe is describe

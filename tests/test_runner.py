@@ -112,7 +112,7 @@ def test_topk_truncates_and_is_recorded(tmp_path, tiny):
 def test_record_keeps_query_ids_and_the_top_of_each_ranking(tmp_path, tiny):
     """Per-query results need only the record: the query ids in the order of the APs,
     and the top of each ranking with its scores, as deep as `keep_ranking` asks."""
-    from irbench.harness.registry import load_dataset
+    from irbench.datasets.registry import load_dataset
 
     rec = run(MeanColor, tiny, options(tmp_path, keep_ranking=3))
     ds = load_dataset(tiny, cache_dir=tmp_path / "cache")

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from irbench.core.search import exact_search, faiss_search, l2_normalize, search
 from irbench.errors import ConfigError
-from irbench.harness.search import exact_search, faiss_search, l2_normalize, search
 
 
 def brute(db, q, k):
@@ -57,7 +57,7 @@ def planted(n=3000, d=64, nq=40, seed=0):
 
 
 def test_search_spec_checks_its_options():
-    from irbench.harness.search import SearchSpec
+    from irbench.core.search import SearchSpec
 
     assert SearchSpec("exact") == "exact" and SearchSpec("exact").key() == {"search": "exact"}
     assert SearchSpec("faiss").key() == {"search": "faiss"}  # cache keys as before
@@ -75,7 +75,7 @@ def test_search_spec_checks_its_options():
 
 @pytest.mark.parametrize("backend", ["ivfpq", "hnsw"])
 def test_approximate_backends_find_the_planted_neighbours_and_report_recall(backend):
-    from irbench.harness.search import SearchSpec
+    from irbench.core.search import SearchSpec
 
     db, q, targets = planted()
     spec = SearchSpec(backend)
@@ -91,7 +91,7 @@ def test_approximate_backends_find_the_planted_neighbours_and_report_recall(back
 
 
 def test_ivfpq_visiting_every_list_and_reranking_everything_is_exact():
-    from irbench.harness.search import SearchSpec
+    from irbench.core.search import SearchSpec
 
     db, q, _ = planted(n=1000)
     spec = SearchSpec("ivfpq", {"nlist": "8", "nprobe": "8", "rerank": "1000"})
@@ -103,7 +103,7 @@ def test_ivfpq_visiting_every_list_and_reranking_everything_is_exact():
 
 
 def test_what_an_approximate_index_does_not_find_is_padding():
-    from irbench.harness.search import SearchSpec
+    from irbench.core.search import SearchSpec
 
     db, q, _ = planted(n=1000)
     ranks, scores = search(db, q, 1000, backend=SearchSpec("ivfpq", {"nlist": "16",
@@ -115,7 +115,7 @@ def test_what_an_approximate_index_does_not_find_is_padding():
 
 
 def test_hnsw_sq8_stores_less_than_flat():
-    from irbench.harness.search import SearchSpec
+    from irbench.core.search import SearchSpec
 
     db, q, _ = planted(n=1000, d=256)  # vectors larger than the graph's links
     flat, sq8 = SearchSpec("hnsw"), SearchSpec("hnsw", {"storage": "sq8"})

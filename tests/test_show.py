@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from irbench.cli.main import cli
-from irbench.harness.registry import load_dataset
+from irbench.datasets.registry import load_dataset
 from irbench.results.store import read_records
 from tests.tiny import make_manifest
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from irbench.core.config import build_config
 from irbench.errors import ConfigError
-from irbench.harness.config import build_config
 from irbench.methods.sift.spatial_coding import (
     SpatialCodingOptions,
     spatial_coding_inliers,

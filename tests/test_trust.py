@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from irbench.cli.main import cli
+from irbench.core import cache as cache_module
 from irbench.datasets.signature import ImageSigner
 from irbench.errors import BadImagesError, ConfigError, DatasetError
-from irbench.harness import cache as cache_module
 from irbench.harness.runner import RunOptions, run, sweep
 from irbench.results import leaderboard as lb
 from irbench.results.store import read_records

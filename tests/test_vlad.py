@@ -10,12 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
+from irbench.core.cache import Cache
 from irbench.datasets.base import Image, Query
+from irbench.datasets.registry import load_dataset
 from irbench.errors import ConfigError
-from irbench.harness.cache import Cache
-from irbench.harness.registry import METHODS, load_dataset
 from irbench.harness.runner import RunOptions, run
 from irbench.methods.base import RunContext
+from irbench.methods.registry import METHODS
 from irbench.methods.sift.vlad import (
     VladConfig,
     VladIntraMethod,

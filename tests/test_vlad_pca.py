@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from irbench.core.cache import Cache
+from irbench.datasets.registry import load_dataset
 from irbench.errors import ConfigError
-from irbench.harness.cache import Cache
-from irbench.harness.registry import load_dataset
 from irbench.methods.base import RunContext
 from irbench.methods.sift.vlad import VladConfig, VladIntraMethod, learn_pca
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from irbench.core.config import param
 from irbench.datasets.base import Image, Query
 from irbench.datasets.images import read_image
-from irbench.harness.config import param
 from irbench.methods.base import GlobalDescriptorMethod, Stage
 
 COLORS = [(220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 200, 40)]

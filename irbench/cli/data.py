@@ -10,9 +10,9 @@ from rich.table import Table
 from rich.text import Text
 
 from irbench.cli.ui import console, make_progress, setup_logging
+from irbench.core.parallel import default_workers
 from irbench.datasets import manage
-from irbench.harness.parallel import default_workers
-from irbench.harness.registry import default_data_root
+from irbench.datasets.registry import default_data_root
 
 
 def _data_root(value: Path | None) -> Path:
@@ -151,7 +151,7 @@ def info_cmd(name, as_json, data_root) -> None:
 
 def _all_names() -> list[str]:
     from irbench.datasets.catalog import PACKAGES
-    from irbench.harness.registry import DATASETS
+    from irbench.datasets.registry import DATASETS
 
     names = [e.name for e in DATASETS.entries() if getattr(e.obj, "packages", ())]
     return names + sorted(p for p in PACKAGES if p not in names)

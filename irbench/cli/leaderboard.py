@@ -85,8 +85,8 @@ def current_code(records: list) -> dict[str, str]:
     """The code identity today of each registered method that has records (a record of
     another code identity is stale); methods no longer registered are left out."""
     from irbench.errors import IrbenchError
-    from irbench.harness.registry import METHODS
     from irbench.methods.base import code_identity
+    from irbench.methods.registry import METHODS
 
     out = {}
     for name in sorted({r.method for r in records}):

@@ -15,9 +15,9 @@ from rich.text import Text
 from irbench.cli.report import claims_table
 from irbench.cli.run import common_paths
 from irbench.cli.ui import console, err_console, make_progress, parse_pairs, setup_logging
-from irbench.harness.cache import default_cache_dir
+from irbench.core.cache import default_cache_dir
+from irbench.core.parallel import default_workers
 from irbench.harness.paper import PAPER_DATASETS, run_paper
-from irbench.harness.parallel import default_workers
 from irbench.harness.runner import RunOptions, check_writable
 from irbench.results.claims import check_claims
 from irbench.results.reproduction import ExperimentResult, write_reproduction

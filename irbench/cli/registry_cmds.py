@@ -9,7 +9,9 @@ from rich.table import Table
 from rich.text import Text
 
 from irbench.cli.ui import console
-from irbench.harness.registry import DATASETS, METHODS, Registry, describe
+from irbench.core.registry import Registry, describe
+from irbench.datasets.registry import DATASETS
+from irbench.methods.registry import METHODS
 
 
 def _show(registry: Registry, as_json: bool, name: str | None = None) -> None:

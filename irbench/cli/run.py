@@ -15,11 +15,11 @@ from irbench.cli.ui import (
     results_dir_option,
     setup_logging,
 )
+from irbench.core.cache import default_cache_dir
+from irbench.core.parallel import default_workers
+from irbench.core.search import BACKENDS
 from irbench.errors import ConfigError
-from irbench.harness.cache import default_cache_dir
-from irbench.harness.parallel import default_workers
 from irbench.harness.runner import RunOptions, run, sweep
-from irbench.harness.search import BACKENDS
 from irbench.results.leaderboard import config_label, percent, run_label
 from irbench.results.stats import across_seeds
 from irbench.results.store import RunRecord, default_results_dir

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from irbench.cli.ui import console, results_dir_option
-from irbench.harness.cache import default_cache_dir
-from irbench.harness.registry import load_dataset
+from irbench.core.cache import default_cache_dir
+from irbench.datasets.registry import load_dataset
 from irbench.results.compare import find_record
 from irbench.results.show import dataset_spec, write_show
 from irbench.results.store import default_results_dir

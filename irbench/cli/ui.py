@@ -20,14 +20,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from irbench.harness.progress import NULL_PROGRESS, Advance
+from irbench.core.progress import NULL_PROGRESS, Advance
 
 console = Console(emoji=False, markup=False)  # labels hold "[...]" and ":x:"
 err_console = Console(stderr=True, emoji=False, markup=False)
 
 
 class RichProgress:
-    """`irbench.harness.progress.Progress` drawn with rich bars on stderr."""
+    """`irbench.core.progress.Progress` drawn with rich bars on stderr."""
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Advance]:

@@ -1,6 +1,7 @@
 """Datasets: images, queries, ground truth, train split and protocol, loaded by registered name."""
 
 from irbench.datasets.base import Dataset, Image, Protocol, Query, QueryTruth
+from irbench.datasets.registry import load_dataset
 
 __all__ = ["Dataset", "Image", "Protocol", "Query", "QueryTruth", "load"]
 
@@ -11,6 +12,4 @@ def load(name: str, root: str | None = None, **options: object) -> Dataset:
     `root` is the data root (default: `IRBENCH_DATA` or the cache's `data` folder);
     `options` set fields of the dataset's Config.
     """
-    from irbench.harness.registry import load_dataset
-
     return load_dataset(name, data_root=root, options=options)

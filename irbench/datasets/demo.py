@@ -78,10 +78,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from irbench.core.cache import atomic_write_bytes
+from irbench.core.config import config_hash, config_to_dict, param
 from irbench.datasets.base import Dataset, DatasetProvider, Image, Protocol, Query, QueryTruth
 from irbench.errors import ConfigError, DatasetError
-from irbench.harness.cache import atomic_write_bytes
-from irbench.harness.config import config_hash, config_to_dict, param
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from irbench.core.config import param
 from irbench.datasets.base import Dataset, DatasetProvider, Image, Protocol, Query, QueryTruth
 from irbench.datasets.images import IMAGE_SUFFIXES
 from irbench.errors import DatasetError
-from irbench.harness.config import param
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from irbench.core.config import param
 from irbench.datasets.base import Dataset, DatasetProvider, Image, Protocol, Query, QueryTruth
 from irbench.datasets.catalog import get_package, missing
 from irbench.datasets.oxford import index_images
 from irbench.datasets.storage import Package
 from irbench.errors import DatasetError
-from irbench.harness.config import param
 
 _NAME = re.compile(r"^\d{6}$")
 FOLDERS = {"original": "jpg", "upright": "jpg_upright"}

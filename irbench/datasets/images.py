@@ -84,7 +84,7 @@ def check_decodable(images: Sequence[Any], *, workers: int = 1) -> None:
     """Decode every image (each file and box once, in `workers` processes) and raise one
     `BadImagesError` listing all that fail: run before a training that reads them epoch
     after epoch, so every bad file is reported at once, before any work."""
-    from irbench.harness.parallel import parallel_map
+    from irbench.core.parallel import parallel_map
 
     tasks = list(dict.fromkeys((str(im.path), im.box) for im in images))
     problems = parallel_map(_decode_problem, tasks, workers=workers, chunksize=16)

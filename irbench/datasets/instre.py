@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from irbench.core.config import param
 from irbench.datasets.base import Box, Dataset, DatasetProvider, Image, Protocol, Query, QueryTruth
 from irbench.datasets.catalog import get_package, missing
 from irbench.errors import DatasetError
-from irbench.harness.config import param
 
 SINGLE_OBJECT = ("INSTRE-S1", "INSTRE-S2")
 

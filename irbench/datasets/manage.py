@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from irbench.core.cache import atomic_write_text, default_cache_dir
+from irbench.core.parallel import parallel_map
+from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.datasets.base import Dataset
 from irbench.datasets.catalog import PACKAGES, get_package
 from irbench.datasets.images import jpeg_problem, read_image
+from irbench.datasets.registry import DATASETS, load_dataset, split_dataset_name
 from irbench.datasets.storage import (
     STATE_DIR,
     Package,
@@ -26,9 +30,6 @@ from irbench.datasets.storage import (
     recorded_checksums,
 )
 from irbench.errors import DatasetError, ImageReadError, IrbenchError, UnknownNameError
-from irbench.harness.cache import atomic_write_text
-from irbench.harness.parallel import parallel_map
-from irbench.harness.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ image types of `irbench.datasets.images.IMAGE_SUFFIXES`."""
 
 def resolve(name: str) -> tuple[Any | None, list[Package]]:
     """(dataset provider class or None, the packages it needs) for a dataset or package."""
-    from irbench.harness.registry import DATASETS, split_dataset_name
-
     base, _ = split_dataset_name(name)
     try:
         cls = DATASETS.get(base)
@@ -254,8 +253,6 @@ def verify(name: str, data_root: Path, *, workers: int = 1,
 def _path_dataset(name: str) -> tuple[Any, str] | None:
     """(provider class, argument) when `name` is a dataset read from a path you give
     (`folder:PATH`, `manifest:FILE.json`); None for every other name."""
-    from irbench.harness.registry import DATASETS, split_dataset_name
-
     base, argument = split_dataset_name(name)
     try:
         cls = DATASETS.get(base)
@@ -289,8 +286,6 @@ def _check_images(report: VerifyReport, paths: Sequence[Path], name: str, *, wor
 
 def _load_unchecked(cls: Any, data_root: Path, report: VerifyReport,
                     argument: str | None = None) -> Dataset | None:
-    from irbench.harness.cache import default_cache_dir
-
     provider = cls(cls.Config(), data_root=data_root, cache_dir=default_cache_dir(),
                    argument=argument)
     provider.check_files = False
@@ -367,8 +362,6 @@ def info(name: str, data_root: Path) -> dict[str, Any]:
     if cls is not None:
         out["description"] = cls.description
         if all_present:
-            from irbench.harness.registry import load_dataset
-
             try:
                 ds = load_dataset(name, data_root=data_root)
             except IrbenchError as exc:

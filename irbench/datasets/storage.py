@@ -39,9 +39,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from irbench.core.cache import atomic_write_text
+from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.errors import DatasetError
-from irbench.harness.cache import atomic_write_text
-from irbench.harness.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
 

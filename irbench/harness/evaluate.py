@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from irbench.datasets.base import Protocol, QueryTruth
-from irbench.harness.metrics import (
+from irbench.core.metrics import (
     as_ranks,
     average_precision_batch,
     mean_ignoring_nan,
@@ -17,6 +16,7 @@ from irbench.harness.metrics import (
     precision_at_k,
     precision_known,
 )
+from irbench.datasets.base import Protocol, QueryTruth
 
 __all__ = ["evaluate"]
 

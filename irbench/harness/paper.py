@@ -31,9 +31,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from irbench.datasets.registry import load_dataset
 from irbench.errors import ConfigError, DatasetError, IrbenchError
-from irbench.harness.registry import METHODS, load_dataset
 from irbench.harness.runner import RunOptions, run, sweep
+from irbench.methods.registry import METHODS
 from irbench.results.store import RunRecord
 
 OXFORD, INSTRE = "oxford", "instre"

@@ -32,23 +32,24 @@ from typing import Any
 import numpy as np
 
 import irbench
-from irbench.datasets.base import Dataset
-from irbench.datasets.signature import ImageSigner
-from irbench.errors import ConfigError, DatasetError
-from irbench.harness.cache import Cache, default_cache_dir
-from irbench.harness.config import (
+from irbench.core.cache import Cache, default_cache_dir
+from irbench.core.config import (
     build_config,
     changed_fields,
     config_hash,
     config_to_dict,
     describe_fields,
 )
+from irbench.core.parallel import default_workers
+from irbench.core.progress import NULL_PROGRESS, Progress
+from irbench.core.search import SearchSpec
+from irbench.datasets.base import Dataset
+from irbench.datasets.registry import load_dataset
+from irbench.datasets.signature import ImageSigner
+from irbench.errors import ConfigError, DatasetError
 from irbench.harness.evaluate import evaluate
-from irbench.harness.parallel import default_workers
-from irbench.harness.progress import NULL_PROGRESS, Progress
-from irbench.harness.registry import METHODS, load_dataset
-from irbench.harness.search import SearchSpec
 from irbench.methods.base import Method, RunContext, code_identity, library_versions
+from irbench.methods.registry import METHODS
 from irbench.results.store import RunRecord, StageTiming, default_results_dir, write_record
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class RunOptions:
     device: str = "cpu"
     search: str = "exact"
     search_options: Mapping[str, Any] = field(default_factory=dict)
-    """Options of an approximate search backend (`irbench.harness.search.SEARCH_OPTIONS`)."""
+    """Options of an approximate search backend (`irbench.core.search.SEARCH_OPTIONS`)."""
     overwrite: bool = False
     """Recompute every stage instead of reusing cached artifacts (each once: the runs
     made with these options share `fresh_artifacts`)."""
@@ -319,6 +320,7 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
     context = RunContext(cache=cache, seed=options.seed, workers=options.workers,
                          device=options.device, search=spec,
                          progress=options.progress, dataset_id=f"{ds.name}@{ds.version}",
+                         dataset_name=ds.name,
                          independent_set=ds.independent_set, signer=signer,
                          load_dataset=functools.partial(
                              load_dataset, data_root=options.data_root,

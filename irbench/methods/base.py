@@ -2,7 +2,7 @@
 
 A method is one module: one class with `name`, a one-line `description`, a frozen
 `Config` dataclass (the paper's values as defaults, a help text per field, see
-`irbench.harness.config.param`), and `fit` / `index` / `query`. It registers through
+`irbench.core.config.param`), and `fit` / `index` / `query`. It registers through
 the `irbench.methods` entry-point group, built-ins and plugins alike.
 
 Cache keys are derived, never typed: a method declares its cached `stages` (which
@@ -27,12 +27,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from irbench.core.cache import Artifact, Cache, default_cache_dir
+from irbench.core.config import ANY_STAGE, check_fields, config_to_dict, field_stage
+from irbench.core.parallel import default_workers
+from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.datasets.base import Image, Query, split_segments
 from irbench.datasets.signature import ImageSigner
-from irbench.harness.cache import Artifact, Cache, default_cache_dir
-from irbench.harness.config import ANY_STAGE, check_fields, config_to_dict, field_stage
-from irbench.harness.parallel import default_workers
-from irbench.harness.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ class RunContext:
     dataset_id: str = ""
     """Name and version of the dataset being run, for messages (artifact keys name the
     content of the images instead: `identify`)."""
+    dataset_name: str = ""
+    """The name of the dataset being run (`Dataset.name`: `demo`, `folder:photos`); ""
+    outside the runner."""
     signer: ImageSigner = field(default_factory=ImageSigner)
     """Content signatures of image files (memoized in the cache by the runner)."""
     independent_set: str = ""
@@ -269,7 +272,7 @@ class GlobalDescriptorMethod(Method):
             parts.append(np.asarray(feats_part, np.float32))
         feats = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         if self.normalize:
-            from irbench.harness.search import l2_normalize
+            from irbench.core.search import l2_normalize
 
             feats = l2_normalize(feats)
         return feats
@@ -285,7 +288,7 @@ class GlobalDescriptorMethod(Method):
         self._database = self.features("database", database)
 
     def query(self, queries: Sequence[Query], k: int) -> tuple[np.ndarray, np.ndarray]:
-        from irbench.harness.search import search
+        from irbench.core.search import search
 
         q = self.features("queries", queries)
         return search(self._database, q, k, backend=self.context.search)

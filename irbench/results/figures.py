@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from irbench.harness.cache import atomic_write_bytes
+from irbench.core.cache import atomic_write_bytes
 from irbench.results.stats import bootstrap_interval
 from irbench.results.store import RunRecord
 

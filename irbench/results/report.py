@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from irbench.core.cache import atomic_write_text
 from irbench.errors import IrbenchError
-from irbench.harness.cache import atomic_write_text
 from irbench.results.figures import (
     LinePlot,
     Point,

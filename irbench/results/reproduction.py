@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from irbench.harness.cache import atomic_write_text
+from irbench.core.cache import atomic_write_text
 from irbench.results.claims import check_claims, claims_markdown
 from irbench.results.figures import (
     Bar,

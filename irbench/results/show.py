@@ -21,11 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from irbench.core.cache import atomic_write_bytes, atomic_write_text
 from irbench.datasets.base import Dataset, Image, Query
 from irbench.datasets.images import read_image
 from irbench.datasets.signature import ImageSigner
 from irbench.errors import IrbenchError
-from irbench.harness.cache import atomic_write_bytes, atomic_write_text
 from irbench.results.store import RunRecord
 
 POSITIVE, JUNK, WRONG = "positive", "junk", "wrong"

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from irbench.core.cache import atomic_write_text
+from irbench.core.config import stable_hash
 from irbench.errors import IrbenchError
-from irbench.harness.cache import atomic_write_text
-from irbench.harness.config import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RunRecord:
     """The `--search-option`s given (an approximate backend's settings)."""
     search_report: dict[str, Any] = field(default_factory=dict)
     """What an approximate search measured: the options in effect, index bytes and
-    recall@100 against exact search on a sample of queries (`irbench.harness.search`)."""
+    recall@100 against exact search on a sample of queries (`irbench.core.search`)."""
     environment: dict[str, Any] = field(default_factory=dict)
     date: str = ""
     schema_version: int = SCHEMA_VERSION

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from irbench.core.registry import Registry
 from irbench.errors import IrbenchError
-from irbench.harness.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from irbench.harness.cache import atomic_writer
+from irbench.core.cache import atomic_writer
 
 log = logging.getLogger(__name__)
 

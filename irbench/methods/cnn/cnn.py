@@ -25,10 +25,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from irbench.core.config import param
+from irbench.core.search import l2_normalize
 from irbench.datasets.base import Image, Query
+from irbench.datasets.registry import split_dataset_name
 from irbench.errors import ConfigError
-from irbench.harness.config import param
-from irbench.harness.search import l2_normalize
 from irbench.methods.base import NO_STAGE, QUERY_STAGE, GlobalDescriptorMethod, Stage
 from irbench.methods.cnn import pooling
 from irbench.methods.cnn.backbones import BackboneNet, load_backbone
@@ -136,13 +137,13 @@ class CnnMethod(GlobalDescriptorMethod):
         if not cfg.whitening_set:
             raise ConfigError("whitening=pca needs whitening_set=<dataset> (an independent "
                               "set, e.g. --set whitening_set=demo)")
-        from irbench.harness.registry import load_dataset, split_dataset_name
-
-        if split_dataset_name(cfg.whitening_set)[0] == self.context.dataset_id.split("@")[0]:
+        if split_dataset_name(cfg.whitening_set)[0] == self.context.dataset_name:
             raise ConfigError(f"whitening_set={cfg.whitening_set} is the evaluated dataset: "
                               "learn the whitening on an independent set")
-        wds = load_dataset(cfg.whitening_set, cache_dir=self.context.cache.root
-                           if self.context.cache.enabled else None)
+        if self.context.load_dataset is None:
+            raise ConfigError(f"whitening_set={cfg.whitening_set}: this run context cannot "
+                              "load other datasets (run through irbench.run)")
+        wds = self.context.load_dataset(cfg.whitening_set)
         wid = f"{wds.name}@{wds.version}"
         x = super().features(f"whitening set {wid}", wds.database)
         mean = x.mean(axis=0)

@@ -100,10 +100,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from irbench.core.config import param
+from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.datasets.base import Box, Image
 from irbench.datasets.images import read_image
-from irbench.harness.config import param
-from irbench.harness.progress import NULL_PROGRESS, Progress
 from irbench.methods.cnn.backbones import BackboneNet, build_backbone, load_backbone
 
 log = logging.getLogger(__name__)

@@ -35,11 +35,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from irbench.core.config import param
+from irbench.core.search import l2_normalize, search
 from irbench.datasets.base import Box, Image, Query, split_segments
 from irbench.datasets.images import check_decodable, crop, read_image
 from irbench.errors import BadImagesError, ConfigError, ImageReadError
-from irbench.harness.config import param
-from irbench.harness.search import l2_normalize, search
 from irbench.methods.base import NO_STAGE, QUERY_STAGE, Method, Stage
 from irbench.methods.cnn.backbones import BackboneNet, load_backbone
 from irbench.methods.cnn.checkpoint import checkpoint_path

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import torch
 
+from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.datasets.base import Box
 from irbench.datasets.images import read_image
 from irbench.errors import BadImagesError, ImageReadError
-from irbench.harness.progress import NULL_PROGRESS, Progress
 
 
 @dataclass(frozen=True)

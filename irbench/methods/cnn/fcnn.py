@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from irbench.core.config import param
+from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.datasets.base import Image
 from irbench.datasets.images import check_decodable, read_image
 from irbench.errors import ConfigError
-from irbench.harness.config import param
-from irbench.harness.progress import NULL_PROGRESS, Progress
 from irbench.methods.base import Stage
 from irbench.methods.cnn.backbones import BackboneNet, build_backbone, load_backbone
 from irbench.methods.cnn.checkpoint import checkpoint_path, resume, save_checkpoint

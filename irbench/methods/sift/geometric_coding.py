@@ -91,8 +91,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from irbench.core.config import param
 from irbench.errors import ConfigError
-from irbench.harness.config import param
 from irbench.methods.base import QUERY_STAGE
 from irbench.methods.sift.verification import Geometry, VerificationConfig, VerificationMethod
 

@@ -82,10 +82,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from irbench.core.config import param
+from irbench.core.search import topk_from_scores
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
-from irbench.harness.config import param
-from irbench.harness.search import topk_from_scores
 from irbench.methods.base import QUERY_STAGE, Stage
 from irbench.methods.sift.bow import SIFT_STAGES, SiftVocabularyMethod
 from irbench.methods.sift.invfile import InvertedFile, bow_vectors

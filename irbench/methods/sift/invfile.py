@@ -23,7 +23,7 @@ tf_{d,w} the number of features of image d assigned to w:
 The query vector v_q is built the same way from the query's words, with the database
 idf. (Sivic & Zisserman write tf as n_{d,w} / n_d; the 1 / n_d factor cancels in the L2
 normalization, so raw counts give the same scores.) Top-k follows
-`irbench.harness.search.topk_from_scores`: best first, ties to the lower index.
+`irbench.core.search.topk_from_scores`: best first, ties to the lower index.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from irbench.harness.search import topk_from_scores
+from irbench.core.search import topk_from_scores
 
 __all__ = ["InvertedFile", "TfIdfIndex", "ranges", "bow_vectors"]
 

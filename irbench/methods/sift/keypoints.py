@@ -49,11 +49,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from irbench.core.cache import merge_artifacts
+from irbench.core.config import field_stage, param, stable_hash
+from irbench.core.parallel import parallel_map
 from irbench.datasets.base import Box, Image, Query, split_segments
 from irbench.datasets.images import crop, read_image
-from irbench.harness.cache import merge_artifacts
-from irbench.harness.config import field_stage, param, stable_hash
-from irbench.harness.parallel import parallel_map
 
 __all__ = [
     "SiftOptions",

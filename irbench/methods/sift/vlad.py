@@ -83,10 +83,10 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.linalg
 
+from irbench.core.config import param
+from irbench.core.search import l2_normalize, search
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
-from irbench.harness.config import param
-from irbench.harness.search import l2_normalize, search
 from irbench.methods.base import QUERY_STAGE, Stage
 from irbench.methods.sift.bow import SIFT_STAGES, SiftVocabularyMethod
 from irbench.methods.sift.keypoints import SiftOptions

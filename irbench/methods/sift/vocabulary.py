@@ -53,8 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from irbench.core.config import param
 from irbench.errors import ConfigError
-from irbench.harness.config import param
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class Vocabulary:
 
 def save_vocabulary(path: str | Path, centroids: np.ndarray) -> None:
     """Write a vocabulary file: float32[V, d] centroids as `.npy` (atomically)."""
-    from irbench.harness.cache import atomic_writer
+    from irbench.core.cache import atomic_writer
 
     c = np.ascontiguousarray(centroids, dtype=np.float32)
     with atomic_writer(Path(path)) as fh:

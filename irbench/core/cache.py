@@ -38,9 +38,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from irbench.core.config import stable_hash
+from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.errors import BadImagesError, ImageReadError
-from irbench.harness.config import stable_hash
-from irbench.harness.progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
+from irbench.core.progress import NULL_PROGRESS, Advance, Progress
 from irbench.errors import BadImagesError, ConfigError, ImageReadError
-from irbench.harness.progress import NULL_PROGRESS, Advance, Progress
 
 T = TypeVar("T")
 R = TypeVar("R")
