@@ -31,8 +31,12 @@ def test_run_produces_a_complete_record(tmp_path, tiny):
     assert rec.environment["numpy"] == np.__version__
     lo, hi = m["map_ci"]  # the 95% bootstrap interval of the mAP over queries
     assert 0 <= lo <= m["map"] <= hi <= 1
+    assert rec.metrics.map == m["map"] and rec.metrics.map_ci == (lo, hi)  # typed views
+    assert rec.metrics.settings[""].ap == m["ap"] and rec.metrics.precision_at[1] == \
+        m["precision_at"]["1"]
     records, problems = read_records(tmp_path / "results")
     assert not problems and [r.run_id for r in records] == [rec.run_id]
+    assert records[0].metrics.map == rec.metrics.map  # typed after reading back too
     doc = json.loads((tmp_path / "results" / f"{rec.run_id}.json").read_text())
     assert doc["schema_version"] == 2 and doc["metrics"]["settings"][""]["map"] == m["map"]
 

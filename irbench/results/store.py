@@ -41,9 +41,64 @@ class StageTiming:
     compute_s: float | None = None
 
 
+@dataclass(frozen=True)
+class SettingMetrics:
+    """The metrics of one protocol setting, typed (values in [0, 1], not %)."""
+
+    name: str
+    map: float | None
+    map_ci: tuple[float, float] | None
+    """95% bootstrap interval of `map` over queries (None in records older than it)."""
+    precision_at: dict[int, float | None]
+    ap: list[float | None]
+    """AP per query, in the order of the record's `query_ids` (None: no positives)."""
+    queries_evaluated: int
+    queries_without_positives: int
+
+    @classmethod
+    def of(cls, name: str, m: dict[str, Any]) -> SettingMetrics:
+        ci = m.get("map_ci")
+        return cls(name, m.get("map"), None if ci is None else (float(ci[0]), float(ci[1])),
+                   {int(k): v for k, v in (m.get("precision_at") or {}).items()},
+                   list(m.get("ap") or []), int(m.get("queries_evaluated", 0)),
+                   int(m.get("queries_without_positives", 0)))
+
+
+class Metrics(dict):
+    """A run's metrics: the JSON object stored in the record
+    (`metrics["settings"][name]["map"]`, ...), with typed views: `settings` (name ->
+    `SettingMetrics`), `main` (the setting figures and claims use: `medium` on the
+    revisited datasets, else the only one), and `map`, `map_ci`, `precision_at` of it."""
+
+    @property
+    def settings(self) -> dict[str, SettingMetrics]:
+        return {name: SettingMetrics.of(name, m)
+                for name, m in (self.get("settings") or {}).items()}
+
+    @property
+    def main(self) -> SettingMetrics | None:
+        settings = self.settings
+        if not settings:
+            return None
+        return settings.get("medium") or next(iter(settings.values()))
+
+    @property
+    def map(self) -> float | None:
+        return None if self.main is None else self.main.map
+
+    @property
+    def map_ci(self) -> tuple[float, float] | None:
+        return None if self.main is None else self.main.map_ci
+
+    @property
+    def precision_at(self) -> dict[int, float | None]:
+        return {} if self.main is None else self.main.precision_at
+
+
 @dataclass
 class RunRecord:
-    """Everything about one run (schema `SCHEMA_VERSION`; see DESIGN.md, Contracts)."""
+    """Everything about one run (schema `SCHEMA_VERSION`; see DESIGN.md, Contracts).
+    `metrics` is a `Metrics`: the stored JSON object with typed views (`.map`)."""
 
     method: str
     config: dict[str, Any]
@@ -88,6 +143,10 @@ class RunRecord:
     """The top of each query's ranking (`bench run --keep-ranking N`, default 100):
     `{"depth": N, "indices": [[database index, ...] per query], "scores": [[...]]}`,
     best first (-1: no more results); empty when none was kept."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metrics, Metrics):
+            self.metrics = Metrics(self.metrics)
 
     @property
     def full_depth(self) -> bool:
