@@ -44,6 +44,8 @@ _API = {
     # results
     "RunRecord": "irbench.results.store",
     "read_records": "irbench.results.store",
+    "Metrics": "irbench.results.store",
+    "SettingMetrics": "irbench.results.store",
     "compare_records": "irbench.results.compare",
     "bootstrap_interval": "irbench.results.stats",
     "paired_test": "irbench.results.stats",

@@ -384,7 +384,7 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
         method_code=code,
         method_info=dict(stage_out.get("method_info") or {}),
         cache_events=[e.to_dict() for e in cache.events],
-        untrained=_is_untrained(config),
+        untrained=method_obj.untrained(),
         environment=environment(),
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         query_ids=[str(q.id) for q in ds.queries],
@@ -442,10 +442,6 @@ def _check_ranking(name: str, ranks: np.ndarray, scores: np.ndarray, nq: int, de
         raise RuntimeError(f"method {name!r} returned database indices outside [0, {n_db})")
     if not np.all(np.isfinite(np.asarray(scores, np.float64))):
         raise RuntimeError(f"method {name!r} returned non-finite scores")
-
-
-def _is_untrained(config: Any) -> bool:
-    return str(getattr(config, "weights", "")).lower() == "none"
 
 
 def _seed_everything(seed: int) -> None:

@@ -170,6 +170,11 @@ class Method:
         """Size of the searchable index in bytes, when the method knows it."""
         return None
 
+    def untrained(self) -> bool:
+        """Whether the run uses random weights where trained ones belong (its record is
+        marked `untrained`); False unless a method with weights says so."""
+        return False
+
     # -- cache keys ----------------------------------------------------------------------
 
     @classmethod

@@ -164,6 +164,9 @@ class CnnMethod(GlobalDescriptorMethod):
             feats = l2_normalize((feats - w["mean"]) @ w["projection"].T)
         return feats
 
+    def untrained(self) -> bool:
+        return str(self.config.weights).lower() == "none"
+
     def info(self) -> dict[str, Any]:
         out = super().info()
         out["feature_dim"] = int(getattr(self, "_database", np.zeros((0, 0))).shape[1])

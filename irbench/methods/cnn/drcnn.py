@@ -123,6 +123,11 @@ class DrcnnMethod(Method):
     """The fine-tuned detector; the regions (boxes and features) of database images;
     those of queries, which also depend on `query_regions`."""
 
+    def untrained(self) -> bool:
+        """Random weights for the detector or for the region features."""
+        return "none" in (str(self.config.weights).lower(),
+                          str(self.config.feature_weights).lower())
+
     def __init__(self, config: Any = None, context: Any = None) -> None:
         super().__init__(config, context)
         cfg = self.config
