@@ -185,6 +185,11 @@ def build_config(cls: type, overrides: Mapping[str, Any] | None = None, *, owner
     return config
 
 
+@dataclasses.dataclass(frozen=True)
+class NoConfig:
+    """The Config of a method or dataset that has no fields."""
+
+
 def _type_ok(tp: Any, value: Any) -> bool:
     """Whether `value` has type `tp` (bool is not an int, an int is a float)."""
     origin = typing.get_origin(tp)

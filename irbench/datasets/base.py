@@ -6,7 +6,6 @@ the harness only reads the `Protocol` and never tests a dataset's name.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from irbench.core.config import NoConfig, changed_fields
 
 if TYPE_CHECKING:
     from irbench.datasets.signature import ImageSigner
@@ -253,11 +254,6 @@ class Dataset:
         return h.hexdigest()
 
 
-@dataclass(frozen=True)
-class NoOptions:
-    """This dataset has no options."""
-
-
 class DatasetProvider:
     """A registered dataset: a name, a one-line description, a Config, and `load()`.
 
@@ -268,7 +264,7 @@ class DatasetProvider:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    Config: ClassVar[type] = NoOptions
+    Config: ClassVar[type] = NoConfig
     takes_argument: ClassVar[bool] = False
     """True when the dataset is named `NAME:ARGUMENT` (e.g. `folder:PATH`)."""
     packages: ClassVar[tuple[str, ...]] = ()
@@ -297,9 +293,4 @@ class DatasetProvider:
 
     def options(self) -> dict[str, Any]:
         """The config as a dict, only the fields that differ from their defaults."""
-        defaults = type(self.config)()
-        return {
-            f.name: getattr(self.config, f.name)
-            for f in dataclasses.fields(self.config)
-            if getattr(self.config, f.name) != getattr(defaults, f.name)
-        }
+        return changed_fields(self.config)

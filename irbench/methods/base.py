@@ -28,18 +28,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from irbench.core.cache import Artifact, Cache, default_cache_dir
-from irbench.core.config import ANY_STAGE, check_fields, config_to_dict, field_stage
+from irbench.core.config import ANY_STAGE, NoConfig, check_fields, config_to_dict, field_stage
 from irbench.core.parallel import default_workers
 from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.datasets.base import Image, Query, split_segments
 from irbench.datasets.signature import ImageSigner
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NoConfig:
-    """This method has no options."""
 
 
 QUERY_STAGE = "query"

@@ -35,8 +35,8 @@ the image score, computed by the caller).
 Implementation: Σ_k Vx and Σ_k Vy are built once per query rotation as m×m uint8 count
 matrices (numpy broadcasting on dense coordinate ranks; the database side is shared by all
 rotations); removing match t subtracts its column, S(i) -= Σ_k V(i, t, k), one O(m) step per
-removal, O(r·m²) in all. Removed matches are never selected again. Measured here (numpy, one
-thread): m = 1000 with 20 rotations about 0.1 s, m = 2000 with one rotation about 0.03 s.
+removal, O(r·m²) in all. Removed matches are never selected again (timings:
+`python benchmarks/bench_sift_baselines.py`).
 
 Behaviour: zero tolerance by design. Removal stops only when no inconsistency is left, and a
 pair whose direction lies near an axis of a frame changes side under a small turn or a
