@@ -238,3 +238,16 @@ def test_a_thousand_false_matches_with_twenty_rotations_are_mostly_dropped():
     q, d = rng.uniform(0, 640, (1000, 2)), rng.uniform(0, 640, (1000, 2))  # all false
     keep = spatial_coding_inliers(q, d)  # latency: benchmarks/bench_sift_baselines.py
     assert keep.dtype == bool and keep.shape == (1000,) and keep.sum() < 50
+
+
+@pytest.mark.parametrize("fields,name", [({"signature_bits": 16, "hamming_threshold": 20},
+                                          "hamming_threshold"),
+                                         ({"gaussian_sigma": 0.0}, "gaussian_sigma"),
+                                         ({"frames": 0}, "frames")])
+def test_every_part_of_the_config_checks_its_fields(fields, name):
+    """The spatial-coding config inherits the Hamming fields: their checks run too."""
+    from irbench.errors import ConfigError
+    from irbench.methods.sift.spatial_coding import SpatialCodingConfig
+
+    with pytest.raises(ConfigError, match=name):
+        SpatialCodingConfig(**fields)

@@ -39,8 +39,8 @@ from irbench.errors import ConfigError
 from irbench.methods.base import Stage
 from irbench.methods.cnn.backbones import BackboneNet, build_backbone, load_backbone
 from irbench.methods.cnn.checkpoint import checkpoint_path, resume, save_checkpoint
-from irbench.methods.cnn.cnn import CnnConfig, CnnMethod
 from irbench.methods.cnn.extract import prepare
+from irbench.methods.cnn.global_cnn import CnnConfig, CnnMethod
 
 log = logging.getLogger(__name__)
 

@@ -132,11 +132,11 @@ HAMMING_STAGES: dict[str, Stage] = {
 
 
 @dataclass(frozen=True)
-class HammingOptions:
-    """Config fields of Hamming embedding and weak geometric consistency."""
+class ScanSettings:
+    """Config fields of the query-time scan: Hamming matching and weak geometric
+    consistency (what `HammingIndex.scores` needs: picklable, hashable; method configs
+    inherit them through `HammingOptions`)."""
 
-    signature_bits: int = param(64, "d_b: bits of each binary signature, 1..64 (paper: 64)",
-                                minimum=1, maximum=64, stage=EMBEDDING_STAGE)
     hamming_threshold: int = param(
         22, "h_t: two descriptors of one visual word match when their signatures differ in "
             "at most this many bits (paper, and Mei et al. 2018: 22 for 64 bits)",
@@ -151,9 +151,6 @@ class HammingOptions:
         False, "divide each vote by sqrt(matches of its query feature in the image) and "
                "sqrt(matches of its database feature in the query) (CVPR 2009, intra-image)",
         stage=QUERY_STAGE)
-    min_median_samples: int = param(
-        16, "a word with fewer training descriptors uses the median of all training "
-            "projections as its thresholds", minimum=1, stage=EMBEDDING_STAGE)
     wgc: bool = param(True, "weak geometric consistency: score = min of the peaks of the "
                             "angle- and log-scale-difference histograms (ECCV 2008, Sec. 4)",
                       stage=QUERY_STAGE)
@@ -177,31 +174,40 @@ class HammingOptions:
              "the reference code's weights are not published)", minimum=1.0,
         stage=QUERY_STAGE)
 
+    def __post_init__(self) -> None:
+        for name in ("gaussian_sigma", "scale_bin_octaves"):  # > 0 (param has only >=)
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
+    @classmethod
+    def of(cls, cfg: Any) -> ScanSettings:
+        """The scan fields of a method config."""
+        return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class HammingOptions(ScanSettings):
+    """Config fields of Hamming embedding (the signatures), and the scan's."""
+
+    signature_bits: int = param(64, "d_b: bits of each binary signature, 1..64 (paper: 64)",
+                                minimum=1, maximum=64, stage=EMBEDDING_STAGE)
+    min_median_samples: int = param(
+        16, "a word with fewer training descriptors uses the median of all training "
+            "projections as its thresholds", minimum=1, stage=EMBEDDING_STAGE)
+
+    def __post_init__(self) -> None:
+        if self.hamming_threshold > self.signature_bits:
+            raise ConfigError(f"hamming_threshold must be in 0..signature_bits "
+                              f"({self.signature_bits}), got {self.hamming_threshold}")
+        super().__post_init__()
+
 
 @dataclass(frozen=True)
 class HeWgcConfig(HammingOptions, VocabularyOptions, SiftOptions):
     """HE+WGC: the SIFT fields, the vocabulary fields, then the Hamming / WGC fields."""
-
-
-def check_options(cfg: Any) -> None:
-    """Reject out-of-range Hamming / WGC settings with a message naming the field."""
-    if not 1 <= cfg.signature_bits <= 64:
-        raise ConfigError(f"signature_bits must be in 1..64, got {cfg.signature_bits}")
-    if not 0 <= cfg.hamming_threshold <= cfg.signature_bits:
-        raise ConfigError(f"hamming_threshold must be in 0..signature_bits "
-                          f"({cfg.signature_bits}), got {cfg.hamming_threshold}")
-    if cfg.hamming_weighting not in ("none", "gaussian"):
-        raise ConfigError(f"hamming_weighting must be 'none' or 'gaussian', got "
-                          f"{cfg.hamming_weighting!r}")
-    if cfg.gaussian_sigma <= 0:
-        raise ConfigError(f"gaussian_sigma must be > 0, got {cfg.gaussian_sigma}")
-    for name in ("angle_bins", "scale_bins", "histogram_smoothing"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.angle_bins > ANGLE_LEVELS:
-        raise ConfigError(f"angle_bins must be <= {ANGLE_LEVELS}, got {cfg.angle_bins}")
-    if cfg.scale_bin_octaves <= 0:
-        raise ConfigError(f"scale_bin_octaves must be > 0, got {cfg.scale_bin_octaves}")
 
 
 # -- the embedding --------------------------------------------------------------------
@@ -292,27 +298,6 @@ def scale_codes(scale: np.ndarray) -> np.ndarray:
 
 
 # -- the index ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScanSettings:
-    """What the query-time scan needs of the config (picklable, hashable)."""
-
-    hamming_threshold: int = 22
-    hamming_weighting: str = "none"
-    gaussian_sigma: float = 16.0
-    burstiness: bool = False
-    wgc: bool = True
-    angle_bins: int = 8
-    scale_bins: int = 8
-    scale_bin_octaves: float = 0.5
-    histogram_smoothing: int = 1
-    wgc_prior: str = "none"
-    wgc_prior_weight: float = 2.0
-
-    @classmethod
-    def of(cls, cfg: Any) -> ScanSettings:
-        return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__})
 
 
 def _smooth(hist: np.ndarray, width: int, circular: bool) -> np.ndarray:
@@ -476,7 +461,7 @@ class HammingIndex:
 # -- the method -----------------------------------------------------------------------
 
 
-class HammingEmbeddingMixin(SiftVocabularyMethod):
+class HammingEmbeddingMethod(SiftVocabularyMethod):
     """Train / load the Hamming embedding of the current vocabulary, and compute the
     (signature, angle code, scale code) of every feature of an image list, cached."""
 
@@ -484,7 +469,6 @@ class HammingEmbeddingMixin(SiftVocabularyMethod):
 
     def __init__(self, config: Any = None, context: Any = None) -> None:
         super().__init__(config, context)
-        check_options(self.config)
         self._embedding: HammingEmbedding | None = None
         self._embedding_id = ""
 
@@ -540,7 +524,7 @@ class HammingEmbeddingMixin(SiftVocabularyMethod):
                 np.asarray(art["scales"], np.uint8))
 
 
-class HeWgcMethod(HammingEmbeddingMixin):
+class HeWgcMethod(HammingEmbeddingMethod):
     """Hamming embedding + weak geometric consistency over an inverted file."""
 
     name = "he-wgc"

@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 
 from irbench.core.cache import merge_artifacts
-from irbench.core.config import field_stage, param, stable_hash
+from irbench.core.config import param, stable_hash
 from irbench.core.parallel import parallel_map
 from irbench.datasets.base import Box, Image, Query, split_segments
 from irbench.datasets.images import crop, read_image
@@ -76,9 +76,10 @@ SIFT_STAGE = "sift"
 
 
 @dataclass(frozen=True)
-class SiftOptions:
-    """Config fields of SIFT extraction; method configs inherit them (see `bow.BowConfig`).
-    The fields of stage `sift` are exactly the parameters of `SiftParams`."""
+class SiftParams:
+    """The extraction parameters (stage `sift`): method configs inherit them through
+    `SiftOptions`, and `sift_params` detaches them from a config (picklable for
+    workers; their dict is part of the features' cache key)."""
 
     max_keypoints: int = param(
         2000, "keep at most this many keypoints per image, strongest DoG response first "
@@ -97,32 +98,25 @@ class SiftOptions:
         1024, "downscale images whose longer side exceeds this before detection (0 = never); "
               "coordinates are reported in the original pixel frame", minimum=0,
         stage=SIFT_STAGE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SiftOptions(SiftParams):
+    """Config fields of SIFT extraction and its descriptors; method configs inherit them
+    (see `bow.BowConfig`)."""
+
     rootsift: bool = param(
         True, "use RootSIFT (L1-normalize then square-root; Arandjelovic & Zisserman 2012) "
               "instead of raw SIFT for vocabulary training and quantization",
         stage="vocabulary")
 
 
-@dataclass(frozen=True)
-class SiftParams:
-    """The extraction parameters, detached from any method config (picklable for workers)."""
-
-    max_keypoints: int = 2000
-    contrast_threshold: float = 0.04
-    edge_threshold: float = 10.0
-    sigma: float = 1.6
-    n_octave_layers: int = 3
-    max_image_side: int = 1024
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 def sift_params(config: Any) -> SiftParams:
-    """The `SiftParams` of a config: its fields declaring stage `sift` (a test checks
-    they are exactly `SiftParams`' parameters)."""
-    return SiftParams(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                         if field_stage(f) == SIFT_STAGE})
+    """The `SiftParams` of a config (its fields of stage `sift`)."""
+    return SiftParams(**{name: getattr(config, name) for name in SiftParams.__dataclass_fields__})
 
 
 # -- descriptors ----------------------------------------------------------------------

@@ -137,6 +137,9 @@ class SpatialCodingOptions:
         if not math.isfinite(self.query_rotation_step):
             raise ConfigError(f"query_rotation_step must be a finite number of degrees, "
                               f"got {self.query_rotation_step!r}")
+        parent = getattr(super(), "__post_init__", None)  # the other fields' checks
+        if parent is not None:
+            parent()
 
 
 def _as_points(query_xy: np.ndarray, db_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -66,7 +66,7 @@ from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
 from irbench.methods.base import QUERY_STAGE
 from irbench.methods.sift.hamming import (
-    HammingEmbeddingMixin,
+    HammingEmbeddingMethod,
     HammingIndex,
     HammingOptions,
     ScanSettings,
@@ -199,7 +199,7 @@ def rerank(first_scores: np.ndarray, verified: np.ndarray, shortlist: np.ndarray
     return order.astype(np.int64), final.astype(np.float32)
 
 
-class VerificationMethod(HammingEmbeddingMixin):
+class VerificationMethod(HammingEmbeddingMethod):
     """Base of the shortlist verification methods: subclasses set `name`, `description`,
     `Config` (inheriting `VerificationConfig` and their own options) and `inliers`."""
 
