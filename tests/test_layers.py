@@ -22,6 +22,7 @@ RANKS = {
     "results": 3,
     "harness": 4,
     "cli": 5,
+    "__main__": 6,  # `python -m irbench`: runs the CLI
 }
 """Lowest first. Two packages of one rank (methods, results) must not import each other."""
 

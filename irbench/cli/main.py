@@ -1,4 +1,4 @@
-"""`bench` (alias `irbench`): the command-line interface. Each command group is one module."""
+"""`bench` (alias `irbench-harness`, or `python -m irbench`): the command-line interface. Each command group is one module."""
 
 from __future__ import annotations
 

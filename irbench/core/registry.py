@@ -126,6 +126,12 @@ class Registry(Generic[T]):
         return [e.name for e in self.entries()]
 
 
+DISTRIBUTION = "irbench-harness"
+"""The name irbench is installed under (`irbench` on PyPI is another project); its entry
+points are the built-in ones, whose `source` is shown as `irbench`."""
+BUILTIN = "irbench"
+
+
 def plugins_disabled() -> bool:
     """`IRBENCH_DISABLE_PLUGINS=1` loads only irbench's own entry points (for tests, debugging)."""
     return os.environ.get("IRBENCH_DISABLE_PLUGINS", "").lower() in {"1", "true", "yes"}
@@ -149,8 +155,12 @@ def _entry_points(group: str | None) -> Iterable[metadata.EntryPoint]:
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str:
+    """The distribution of an entry point (`irbench` for irbench's own)."""
     dist = getattr(ep, "dist", None)
-    return dist.metadata["Name"] if dist is not None else "unknown"
+    if dist is None:
+        return "unknown"
+    name = dist.metadata["Name"]
+    return BUILTIN if name.lower().replace("_", "-") == DISTRIBUTION else name
 
 
 def describe(registry: Registry[Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from irbench.core.cache import Artifact, Cache, default_cache_dir
 from irbench.core.config import ANY_STAGE, NoConfig, check_fields, config_to_dict, field_stage
 from irbench.core.parallel import default_workers
 from irbench.core.progress import NULL_PROGRESS, Progress
+from irbench.core.registry import DISTRIBUTION
 from irbench.datasets.base import Image, Query, split_segments
 from irbench.datasets.signature import ImageSigner
 
@@ -69,9 +70,9 @@ def library_versions() -> dict[str, str]:
     """Versions of irbench and of the installed libraries that compute numbers; part of
     every artifact key, so an upgrade never serves artifacts the new code would not make."""
     out = {}
-    for name in ("irbench", *_LIBRARIES):
+    for name, dist in (("irbench", DISTRIBUTION), *((n, n) for n in _LIBRARIES)):
         try:
-            out[name] = metadata.version(name)
+            out[name] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
     return out
