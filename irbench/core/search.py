@@ -250,7 +250,7 @@ def _on_device(index: Any, spec: SearchSpec) -> tuple[Any, str]:
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         res = faiss.StandardGpuResources()
         return faiss.index_cpu_to_gpu(res, 0, index), "cuda"
-    log.warning("--device %s: this faiss has no GPU support (install the gpu extra); the "
+    log.warning("--device %s: this faiss has no GPU support (README: faiss on a GPU); the "
                 "%s index runs on the CPU", spec.device, spec)
     return index, "cpu"
 
