@@ -125,3 +125,27 @@ def test_map_cached_sums_the_computing_time_of_resumed_shards(tmp_path):
     again = Cache(tmp_path).map_cached("kind", {"k": 1}, list(range(6)), compute,
                                        shard_size=2)
     assert again.compute_seconds == pytest.approx(art.compute_seconds, abs=1e-3)
+
+
+def test_map_cached_moves_the_bar_every_step_with_the_same_result(tmp_path):
+    import contextlib
+
+    class Recorder:
+        def __init__(self):
+            self.steps = []
+
+        @contextlib.contextmanager
+        def task(self, description, total=None):
+            yield lambda n=1, status=None: self.steps.append(n)
+
+    def compute(chunk):
+        return [{"v": np.asarray([i * 2])} for i in chunk]
+
+    bar = Recorder()
+    art = Cache(tmp_path / "a").map_cached("kind", {"k": 1}, list(range(50)), compute,
+                                           shard_size=20, progress=bar, step=8)
+    assert bar.steps == [8, 8, 4, 8, 8, 4, 8, 2] and sum(bar.steps) == 50
+    whole = Cache(tmp_path / "b").map_cached("kind", {"k": 1}, list(range(50)), compute,
+                                             shard_size=20, step=20)
+    assert np.array_equal(art["v"], whole["v"]) and np.array_equal(art["offsets"],
+                                                                  whole["offsets"])

@@ -225,6 +225,7 @@ class Cache:
         shard_size: int = 512,
         progress: Progress = NULL_PROGRESS,
         description: str = "",
+        step: int = 32,
     ) -> Artifact:
         """Apply `compute_chunk` to `items` in shards and concatenate the results.
 
@@ -234,7 +235,9 @@ class Cache:
         interrupted run resumes where it stopped. A shard that raises `ImageReadError` /
         `BadImagesError` does not stop the others: once all are done, one
         `BadImagesError` lists every unreadable image. `key` must identify the items'
-        content.
+        content. Within a shard, `compute_chunk` is called on `step` items at a time so
+        that the progress bar moves every `step` items (the results are per item, so the
+        same whatever the step).
         """
         key_hash = self.key_of(kind, key)
         start = time.perf_counter()
@@ -259,19 +262,14 @@ class Cache:
                     if shard is not None:
                         resumed += end - begin
                         compute_seconds = _add(compute_seconds, shard.compute_seconds)
+                        advance(end - begin)
                 if shard is None:
                     first, chunk_start = len(self.events), time.perf_counter()
-                    try:
-                        per_item = compute_chunk(items[begin:end])
-                    except (ImageReadError, BadImagesError) as exc:
-                        unreadable.append(exc)
-                        advance(end - begin)
+                    per_item, failed = _compute_in_steps(kind, items, begin, end, step,
+                                                         compute_chunk, advance)
+                    if failed:
+                        unreadable += failed
                         continue
-                    if len(per_item) != end - begin:
-                        raise RuntimeError(
-                            f"{kind}: compute returned {len(per_item)} results for "
-                            f"{end - begin} items"
-                        )
                     shard = _concat_items(per_item)
                     shard_seconds = self.cost_since(first, time.perf_counter() - chunk_start)
                     compute_seconds = _add(compute_seconds, shard_seconds)
@@ -279,7 +277,6 @@ class Cache:
                         write_artifact(shard_path, shard, shard_hash,
                                        {"kind": kind, "shard": [begin, end]}, shard_seconds)
                 shards.append(shard)
-                advance(end - begin)
         if unreadable:
             raise BadImagesError.combine(unreadable)
         if resumed:
@@ -296,6 +293,31 @@ class Cache:
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
                                       compute_seconds))
         return result
+
+
+def _compute_in_steps(kind: str, items: Sequence[Any], begin: int, end: int, step: int,
+                      compute_chunk: Callable[[Sequence[Any]], list[dict[str, np.ndarray]]],
+                      advance: Callable[[int], None]
+                      ) -> tuple[list[dict[str, np.ndarray]], list[Exception]]:
+    """The per-item results of items[begin:end], computed `step` items at a time (the
+    bar advanced after each), and the unreadable-image errors of the steps that failed
+    (the others still run, so that every bad image of the shard is listed)."""
+    per_item: list[dict[str, np.ndarray]] = []
+    failed: list[Exception] = []
+    for lo in range(begin, end, max(1, step)):
+        hi = min(end, lo + max(1, step))
+        try:
+            out = compute_chunk(items[lo:hi])
+        except (ImageReadError, BadImagesError) as exc:
+            failed.append(exc)
+            advance(hi - lo)
+            continue
+        if len(out) != hi - lo:
+            raise RuntimeError(f"{kind}: compute returned {len(out)} results for "
+                               f"{hi - lo} items")
+        per_item += out
+        advance(hi - lo)
+    return per_item, failed
 
 
 def _add(total: float | None, seconds: float | None) -> float | None:
