@@ -192,3 +192,7 @@ def test_bench_paper_skips_an_absent_dataset_with_its_fetch_command(tmp_path):
     text = (tmp_path / "rep" / "README.md").read_text()
     assert "instre-s: skipped" in text and "bench data fetch" in text
     assert "skipped instre-s" in out.output
+    other = CliRunner().invoke(cli, ["report", "--results-dir", str(tmp_path / "r"), "-o",
+                                     str(tmp_path / "rep")])  # another report, same folder
+    assert other.exit_code == 2 and "another report" in other.output
+    assert (tmp_path / "rep" / "README.md").read_text() == text
