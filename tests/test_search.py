@@ -85,6 +85,7 @@ def test_approximate_backends_find_the_planted_neighbours_and_report_recall(back
     rep = spec.report
     assert rep["recall_at"] == 100 and rep["recall_queries"] == len(q)
     assert 0 < rep["recall"] <= 1.0 and rep["index_bytes"] > 0
+    assert rep["build_seconds"] >= 0 and rep["search_seconds"] >= 0
     exact, _ = exact_search(db, q, 100)
     found = np.mean([len(set(a) & set(e)) / 100 for a, e in zip(ranks, exact, strict=True)])
     assert rep["recall"] == pytest.approx(found)  # every query sampled: the same number

@@ -9,7 +9,7 @@ rest of its row is -1 (padding, "not retrieved": a positive there counts as miss
 
 Approximate backends take options (`--search-option KEY=VALUE`, `SEARCH_OPTIONS` lists
 them with their defaults) and fill `SearchSpec.report`: the options in effect, the index
-bytes (faiss's serialized index), and recall@100 (or @k when k < 100) against exact
+bytes (faiss's serialized index), the seconds building and searching it, and recall@100 (or @k when k < 100) against exact
 search on a seeded sample of at most 100 queries: the fraction of the exact top-100 the
 approximate top-100 holds.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -266,17 +267,22 @@ def approximate_search(database: np.ndarray, queries: np.ndarray, k: int,
     n = database.shape[0]
     k = min(k, n)
     build = _ivfpq if str(spec) == "ivfpq" else _hnsw
+    start = time.perf_counter()
     index, used = build(spec, database, k)
     index_bytes = int(faiss.serialize_index(index).nbytes)
     searchable, device = _on_device(index, spec)
+    built = time.perf_counter()
     rerank = used.get("rerank", 0)
     depth = max(k, min(n, rerank))
     scores, ranks = searchable.search(queries, depth)
     if rerank:
         scores, ranks = _rerank(database, queries, ranks)
     ranks, scores = _finish(ranks[:, :k], scores[:, :k])
+    searched = time.perf_counter()
     spec.report = {"backend": str(spec), "options": used, "index_bytes": index_bytes,
-                   "device": device, **measure_recall(database, queries, ranks, spec.seed)}
+                   "device": device, "build_seconds": round(built - start, 4),
+                   "search_seconds": round(searched - built, 4),
+                   **measure_recall(database, queries, ranks, spec.seed)}
     return ranks, scores
 
 

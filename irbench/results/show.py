@@ -26,6 +26,7 @@ from irbench.datasets.base import Dataset, Image, Query
 from irbench.datasets.images import read_image
 from irbench.datasets.signature import ImageSigner
 from irbench.errors import IrbenchError
+from irbench.results.leaderboard import percent
 from irbench.results.store import RunRecord
 
 POSITIVE, JUNK, WRONG = "positive", "junk", "wrong"
@@ -153,7 +154,7 @@ def write_show(record: RunRecord, dataset: Dataset, out: Path, *,
         a = ap[qi]
         b = None if ap_vs is None else ap_vs[qi]
         gain = None if a is None or b is None else a - b
-        stats = f"AP {_pct(a)}" + ("" if vs is None else f" · in B {_pct(b)} · gain "
+        stats = f"AP {percent(a)}" + ("" if vs is None else f" · in B {percent(b)} · gain "
                                    f"{'—' if gain is None else f'{100 * gain:+.2f}'}")
         blocks.append(
             f'<section class="query" data-index="{qi}" data-ap="{_num(a)}" '
@@ -174,20 +175,16 @@ def write_show(record: RunRecord, dataset: Dataset, out: Path, *,
     return Shown(out_page, len(dataset.queries), len(set(names.values())), written)
 
 
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.2f}"
-
-
 def _num(v: float | None) -> str:
     return "" if v is None or not np.isfinite(v) else f"{v:.6f}"
 
 
 def _summary(record: RunRecord, setting: str, vs: RunRecord | None) -> str:
     m = record.metrics["settings"][setting]["map"]
-    text = (f"setting {setting or '(standard)'} · mAP {_pct(m)} · "
+    text = (f"setting {setting or '(standard)'} · mAP {percent(m)} · "
             f"{len(record.ranking['indices'])} queries · top {record.ranking['depth']} kept")
     if vs is not None:
-        text += f" · B: {vs.method} mAP {_pct(vs.metrics['settings'][setting]['map'])}"
+        text += f" · B: {vs.method} mAP {percent(vs.metrics['settings'][setting]['map'])}"
     return text
 
 
