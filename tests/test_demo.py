@@ -258,3 +258,23 @@ def test_library_does_not_import_rich():
     source = Path(demo_module.__file__).read_text()
     assert "import rich" not in source and "from rich" not in source
     assert "print(" not in source
+
+
+def test_generating_moves_a_bar_per_image(tmp_path):
+    import contextlib
+
+    from irbench.datasets.registry import load_dataset
+
+    seen = []
+
+    class Bar:
+        @contextlib.contextmanager
+        def task(self, description, total=None):
+            seen.append((description, total))
+            yield lambda n=1, status=None: seen.append(n)
+
+    ds = load_dataset("demo", cache_dir=tmp_path, progress=Bar(),
+                      options={"objects": 2, "distractors": 3, "database_views": 2})
+    images = len(ds.database) + len(ds.queries) + len(ds.train)
+    assert seen[0] == ("demo: generating images", images)
+    assert seen[1:] == [1] * images  # one step per image written

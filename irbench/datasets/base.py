@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from irbench.core.config import NoConfig, changed_fields
+from irbench.core.progress import NULL_PROGRESS, Progress
 
 if TYPE_CHECKING:
     from irbench.datasets.signature import ImageSigner
@@ -270,6 +271,9 @@ class DatasetProvider:
     packages: ClassVar[tuple[str, ...]] = ()
     """Data packages (`irbench.datasets.catalog`) it is read from: what `bench data
     fetch NAME` gets and `bench data verify / info NAME` check."""
+
+    progress: Progress = NULL_PROGRESS
+    """Draws the bars of long loads (set by `load_dataset`; none by default)."""
 
     check_files: bool = True
     """Loaders that read an image list check that every file exists (`bench data verify`

@@ -80,6 +80,7 @@ import numpy as np
 
 from irbench.core.cache import atomic_write_bytes
 from irbench.core.config import config_hash, config_to_dict, param
+from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.datasets.base import Dataset, DatasetProvider, Image, Protocol, Query, QueryTruth
 from irbench.errors import ConfigError, DatasetError
 
@@ -205,7 +206,7 @@ class DemoDataset(DatasetProvider):
         if index is None:
             start = time.perf_counter()
             log.info("generating the demo dataset into %s", root)
-            index = generate(self.config, root)
+            index = generate(self.config, root, self.progress)
             log.info("generated the demo dataset (%d images) in %.1f s", _count(index),
                      time.perf_counter() - start)
         return dataset_from_index(index, root, self.options())
@@ -297,8 +298,10 @@ def demo_protocol() -> Protocol:
 # -- generation ---------------------------------------------------------------------------
 
 
-def generate(config: DemoConfig, root: Path) -> dict[str, Any]:
-    """Write every image of `config` under `root`, then `index.json`; return the index."""
+def generate(config: DemoConfig, root: Path, progress: Progress = NULL_PROGRESS
+             ) -> dict[str, Any]:
+    """Write every image of `config` under `root`, then `index.json`; return the index
+    (`progress`: a bar moving per image)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / INDEX_NAME).unlink(missing_ok=True)
@@ -310,6 +313,16 @@ def generate(config: DemoConfig, root: Path) -> dict[str, Any]:
     entries: dict[str, list[dict[str, Any]]] = {s: [] for s in _SPLITS}
     counts = {"train": config.train_views, "query": config.query_views,
               "database": config.database_views}
+    total = config.objects * sum(counts.values()) + config.distractors
+    with progress.task("demo: generating images", total=total) as advance:
+        _render_all(config, root, objects, clutter, textures, size, counts, entries, advance)
+    order = np.random.default_rng(np.random.SeedSequence([config.seed, _TAG_ORDER]))
+    return _finish_index(config, root, objects, entries, order)
+
+
+def _render_all(config, root, objects, clutter, textures, size, counts, entries,
+                advance) -> None:
+    """Render and write every view and distractor into `entries` (per split)."""
     for oi, (name, source, patch) in enumerate(objects):
         view = 0
         for split in _SPLITS:
@@ -324,6 +337,7 @@ def generate(config: DemoConfig, root: Path) -> dict[str, Any]:
                                        "sha256": _write_jpeg(root / rel, image),
                                        "box": box, "label": name, "source": source,
                                        "occluded": occluded})
+                advance(1)
     for k in range(config.distractors):
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, _TAG_DISTRACTOR, k]))
         image = _finish(rng, _background(rng, textures, size))
@@ -332,7 +346,11 @@ def generate(config: DemoConfig, root: Path) -> dict[str, Any]:
                                     "sha256": _write_jpeg(root / rel, image),
                                     "box": None, "label": None, "source": None,
                                     "occluded": 0.0})
-    order = np.random.default_rng(np.random.SeedSequence([config.seed, _TAG_ORDER]))
+        advance(1)
+
+
+def _finish_index(config, root, objects, entries, order) -> dict[str, Any]:
+    """The index of the rendered images (database in a seeded order), written last."""
     database = [entries["database"][i] for i in order.permutation(len(entries["database"]))]
     by_label: dict[str, list[int]] = {}
     for i, e in enumerate(database):

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from irbench.core.cache import default_cache_dir
 from irbench.core.config import build_config
+from irbench.core.progress import Progress
 from irbench.core.registry import Registry
 from irbench.datasets.base import DatasetProvider
 from irbench.errors import DatasetError, IrbenchError
@@ -54,8 +55,9 @@ def split_dataset_name(spec: str) -> tuple[str, str | None]:
 
 def load_dataset(spec: str, *, data_root: str | Path | None = None,
                  cache_dir: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None):
-    """Load a dataset by registered name (with `NAME:ARGUMENT` for those that take one)."""
+                 options: Mapping[str, Any] | None = None, progress: Progress | None = None):
+    """Load a dataset by registered name (with `NAME:ARGUMENT` for those that take one);
+    `progress` draws the bars of long loads (generating `demo`)."""
     name, arg = split_dataset_name(spec)
     cls = DATASETS.get(name)
     if cls.takes_argument and not arg:
@@ -66,6 +68,8 @@ def load_dataset(spec: str, *, data_root: str | Path | None = None,
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     root = Path(data_root).expanduser() if data_root else default_data_root(cache)
     provider = cls(config, data_root=root, cache_dir=cache, argument=arg)
+    if progress is not None:
+        provider.progress = progress
     try:
         return provider.load()
     except IrbenchError:

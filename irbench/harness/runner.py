@@ -284,7 +284,7 @@ def resolve_dataset(dataset: str | Dataset, options: RunOptions) -> Dataset:
     if isinstance(dataset, Dataset):
         return dataset
     return load_dataset(dataset, data_root=options.data_root, cache_dir=options.cache_dir,
-                        options=options.dataset_options)
+                        options=options.dataset_options, progress=options.progress)
 
 
 def run(method: str | type[Method], dataset: str | Dataset,
