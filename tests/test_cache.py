@@ -149,3 +149,17 @@ def test_map_cached_moves_the_bar_every_step_with_the_same_result(tmp_path):
                                              shard_size=20, step=20)
     assert np.array_equal(art["v"], whole["v"]) and np.array_equal(art["offsets"],
                                                                   whole["offsets"])
+
+
+def test_an_artifact_computed_then_reused_in_one_run_is_paid_for_once(tmp_path):
+    cache = Cache(tmp_path)
+    cache.load_or_compute("features", {"k": 1}, _slow(0.3, 1))  # computed in this run
+    first = len(cache.events)
+    cache.load_or_compute("features", {"k": 1}, _slow(0.3, 2))  # reused later in it
+    assert cache.events[-1].hit
+    assert cache.cost_since(first, 0.01) == pytest.approx(0.01)  # not 0.3 more
+    later = Cache(tmp_path)  # another run: the first reuse counts, a second does not
+    later.load_or_compute("features", {"k": 1}, _slow(0.3, 3))
+    later.load_or_compute("features", {"k": 1}, _slow(0.3, 3))
+    assert later.cost_since(0, 0.01) == pytest.approx(0.01 + later.events[0].compute_seconds
+                                                      - later.events[0].seconds)

@@ -179,13 +179,17 @@ class Cache:
     def cost_since(self, first_event: int, elapsed: float) -> float | None:
         """What `elapsed` seconds of work would have cost with nothing reused: the time
         each artifact reused since event `first_event` took to load is replaced by the
-        time it took to compute. None when one of them was stored without that time."""
+        time it took to compute, the first time this cache meets it only (an artifact
+        computed or met earlier in the run is paid for already). None when one of them
+        was stored without that time."""
+        seen = {e.key for e in self.events[:first_event]}
         cost = elapsed
         for event in self.events[first_event:]:
-            if event.hit:
+            if event.hit and event.key not in seen:
                 if event.compute_seconds is None:
                     return None
                 cost += event.compute_seconds - event.seconds
+            seen.add(event.key)
         return max(0.0, cost)
 
     # -- single artifacts ------------------------------------------------------------
