@@ -163,3 +163,95 @@ def test_an_artifact_computed_then_reused_in_one_run_is_paid_for_once(tmp_path):
     later.load_or_compute("features", {"k": 1}, _slow(0.3, 3))
     assert later.cost_since(0, 0.01) == pytest.approx(0.01 + later.events[0].compute_seconds
                                                       - later.events[0].seconds)
+
+
+# -- out-of-core artifacts ---------------------------------------------------------------
+
+
+def test_reused_arrays_are_memory_mapped_and_read_only(tmp_path):
+    cache = Cache(tmp_path)
+    cache.load_or_compute("kind", {"k": 1}, lambda: {"x": np.arange(6.0).reshape(3, 2),
+                                                     "empty": np.zeros((0, 4), np.uint8)})
+    out = Cache(tmp_path).load_or_compute("kind", {"k": 1}, lambda: pytest.fail("recomputed"))
+    assert isinstance(out["x"], np.memmap) and not out["x"].flags.writeable
+    assert out["x"].tolist() == [[0, 1], [2, 3], [4, 5]] and out["empty"].shape == (0, 4)
+    with pytest.raises(ValueError, match="read-only"):
+        out["x"][0, 0] = 7
+
+
+def test_artifacts_of_the_npz_layout_are_still_read(tmp_path):
+    """Caches written before the .npy layout stay valid: same keys, same values."""
+    import json
+
+    from irbench.core.cache import FORMAT_VERSION, _meta_checksum, array_checksum
+
+    cache = Cache(tmp_path)
+    key_hash = cache.key_of("kind", {"k": 1})
+    path = cache.path_for("kind", key_hash)
+    path.mkdir(parents=True)
+    x = np.arange(4, dtype=np.int64)
+    np.savez(path / "arrays.npz", x=x)
+    (path / "meta.json").write_text(json.dumps({
+        "format": FORMAT_VERSION, "id": key_hash, "key": {}, "meta": {"n": 4},
+        "meta_sha256": _meta_checksum({"n": 4}), "arrays": {"x": array_checksum(x)},
+        "compute_seconds": 1.5}))
+    out = cache.load_or_compute("kind", {"k": 1}, lambda: pytest.fail("recomputed"))
+    assert out["x"].tolist() == [0, 1, 2, 3] and out["n"] == 4
+    assert out.compute_seconds == 1.5
+
+
+def test_array_names_are_escaped_into_file_names(tmp_path):
+    arrays = {"../x": np.ones(2), "w/mean": np.zeros(3), ".": np.arange(2)}
+    Cache(tmp_path).load_or_compute("kind", {"k": 1}, lambda: arrays)
+    out = Cache(tmp_path).load_or_compute("kind", {"k": 1}, lambda: pytest.fail("recomputed"))
+    assert {k: v.tolist() for k, v in out.items()} == {k: v.tolist() for k, v in arrays.items()}
+    assert not (tmp_path / "x.npy").exists() and not list(tmp_path.rglob("mean.npy"))
+    with pytest.raises(ValueError, match="cannot be a file name"):
+        Cache(tmp_path).load_or_compute("kind", {"k": 2}, lambda: {"x" * 201: np.ones(2)})
+
+
+def test_map_cached_merges_one_shard_at_a_time(tmp_path, monkeypatch):
+    """The concatenation equals the in-memory one, and merging 16 shards of 1 MiB each
+    never holds more than about one shard (traced numpy allocations; files are read and
+    copied in blocks of 256 KiB here)."""
+    import tracemalloc
+
+    monkeypatch.setattr("irbench.core.cache._HASH_BLOCK", 1 << 18)
+
+    rows = 1 << 14  # 16,384 rows of 64 bytes per shard: 1 MiB
+
+    def compute(chunk):
+        return [{"v": np.full((rows if i % 5 else 0, 16), i, np.float32),
+                 "w": np.full(rows if i % 5 else 0, i, np.uint32)} for i in chunk]
+
+    items = list(range(16))
+    in_memory = Cache(tmp_path, enabled=False).map_cached("m", {"k": 1}, items, compute,
+                                                          shard_size=1)
+    def interrupted(chunk):
+        if chunk[0] == items[-1]:
+            raise KeyboardInterrupt
+        return compute(chunk)
+
+    with pytest.raises(KeyboardInterrupt):  # every shard but the last is written
+        Cache(tmp_path).map_cached("m", {"k": 1}, items, interrupted, shard_size=1)
+    tracemalloc.start()
+    try:
+        merged = Cache(tmp_path).map_cached("m", {"k": 1}, items, compute, shard_size=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    for name in ("offsets", "v", "w"):
+        assert np.array_equal(merged[name], in_memory[name]), name
+    total = merged["v"].nbytes + merged["w"].nbytes
+    assert total > 12 << 20 and peak < 3 << 20, (total, peak)
+
+
+def test_iter_blocks_walks_a_mapped_array_in_copies(tmp_path):
+    from irbench.core.cache import iter_blocks
+
+    np.save(tmp_path / "a.npy", np.arange(1000, dtype=np.int64).reshape(250, 4))
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    blocks = list(iter_blocks(mapped, 64))
+    assert [len(b) for b in blocks] == [64, 64, 64, 58]
+    assert all(b.flags.writeable and not isinstance(b, np.memmap) for b in blocks)
+    assert np.array_equal(np.concatenate(blocks), mapped)

@@ -1,7 +1,9 @@
 """Content-addressed on-disk cache of stage artifacts: named by a hash of what they depend on.
 
-An artifact is a dict of numpy arrays (stored in one `.npz`, no pickle) plus JSON-able
-metadata, in one folder named by the hash of its key (`Artifact.id`). What a key holds
+An artifact is a dict of numpy arrays (one uncompressed `.npy` file each, no pickle) plus
+JSON-able metadata, in one folder named by the hash of its key (`Artifact.id`). Arrays are
+read back memory-mapped and read-only, so an artifact larger than memory can be used a
+block at a time (`iter_blocks`); see `read_artifact` for why `.npy` files. What a key holds
 is the caller's business (`irbench.methods.base.Method.cached` derives it from the
 config fields of the stage, the ids of the upstream artifacts and the content identity
 of the images); this module guarantees that what it serves is what was stored:
@@ -17,19 +19,23 @@ of the images); this module guarantees that what it serves is what was stored:
 
 Long per-image computations are stored in shards (`map_cached`), so an interrupted
 extraction resumes from the last finished shard; unreadable images found in any shard
-are reported together, once every other shard is done.
+are reported together, once every other shard is done. The shards are then copied into
+the final artifact one at a time, so no more than one shard is ever held in memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +51,18 @@ from irbench.errors import BadImagesError, ImageReadError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-"""Layout of an artifact folder (bumped when meta.json changes meaning)."""
+"""Version of what an artifact's key means (part of every key hash: bumping it makes
+every cached artifact unreachable)."""
+
+LAYOUT_VERSION = 3
+"""Layout of an artifact folder: 3 is `meta.json` + `arrays/NAME.npy`; 2 (`arrays.npz`,
+written before version 3) is still read, so existing caches stay valid."""
+
+ARRAYS_DIR = "arrays"
+LEGACY_ARRAYS = "arrays.npz"
+_MAX_ARRAY_NAME = 200
+_HASH_BLOCK = 1 << 23
+"""Bytes hashed or copied per read when verifying or merging arrays (8 MiB)."""
 
 
 class Artifact(dict):
@@ -252,7 +269,9 @@ class Cache:
             return found
         n = len(items)
         shard_dir = final_path.parent / f"{key_hash}.shards"
-        shards: list[dict[str, np.ndarray]] = []
+        shards: list[Callable[[], Mapping[str, Any]]] = []
+        """How to load each finished shard (mapped from its folder when the cache is on:
+        shards are never all in memory at once)."""
         unreadable: list[ImageReadError | BadImagesError] = []
         resumed = 0
         compute_seconds: float | None = 0.0
@@ -282,20 +301,24 @@ class Cache:
                     if self.enabled:
                         write_artifact(shard_path, shard, shard_hash,
                                        {"kind": kind, "shard": [begin, end]}, shard_seconds)
-                shards.append(shard)
+                shards.append(functools.partial(_open_artifact, shard_path)
+                              if self.enabled else functools.partial(dict, shard))
+                del shard
         if unreadable:
             raise BadImagesError.combine(unreadable)
         if resumed:
             log.info("resumed %s: %d of %d items were already computed", kind, resumed, n)
-        result = Artifact(_merge_shards(shards) if shards else
-                          {"offsets": np.zeros(1, np.int64)}, key_hash, compute_seconds)
         nbytes = 0
         if self.enabled:
-            write_artifact(final_path, result, key_hash, {"kind": kind, **_json_key(key)},
-                           compute_seconds)
+            _write_concatenated(final_path, shards, key_hash, {"kind": kind, **_json_key(key)},
+                                compute_seconds)
+            result = Artifact(_open_artifact(final_path), key_hash, compute_seconds)
             nbytes = _size(final_path)
             self.fresh.add(key_hash)
             shutil.rmtree(shard_dir, ignore_errors=True)
+        else:
+            result = Artifact(_merge_shards([load() for load in shards]) if shards else
+                              {"offsets": np.zeros(1, np.int64)}, key_hash, compute_seconds)
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
                                       compute_seconds))
         return result
@@ -372,7 +395,7 @@ def _merge_shards(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.glob("*") if p.is_file()) if path.is_dir() else 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 # -- the artifact folder -----------------------------------------------------------------
@@ -381,37 +404,173 @@ def _size(path: Path) -> int:
 def array_checksum(array: np.ndarray) -> str:
     """SHA-256 of an array's dtype, shape and bytes (C order)."""
     a = np.ascontiguousarray(array)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B") if a.size else b"")
+    h = _checksum_start(a.dtype, a.shape)
+    for block in _byte_blocks(a):
+        h.update(block)
     return h.hexdigest()
+
+
+def _checksum_start(dtype: np.dtype, shape: tuple[int, ...]) -> Any:
+    return hashlib.sha256(f"{np.dtype(dtype).str}{tuple(shape)}".encode())
+
+
+def _byte_blocks(a: np.ndarray) -> Iterator[memoryview]:
+    """The bytes of a C-contiguous array: whole when in memory, in blocks of about
+    `_HASH_BLOCK` when memory-mapped (see `iter_blocks`)."""
+    if not a.size:
+        return
+    if a.ndim == 0 or not _is_mapped(a):
+        yield memoryview(a).cast("B")
+        return
+    for block in iter_blocks(a, max(1, _HASH_BLOCK // max(1, _row_bytes(a)))):
+        yield memoryview(block).cast("B")
+
+
+def _is_mapped(array: np.ndarray) -> bool:
+    base: Any = array
+    while base is not None:
+        if isinstance(base, np.memmap):
+            return True
+        base = getattr(base, "base", None)
+    return False
 
 
 def _meta_checksum(meta: Any) -> str:
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
+def _array_file(folder: Path, name: str) -> Path:
+    """Where array `name` of an artifact folder is stored: `arrays/NAME.npy`, with the
+    characters a file name cannot hold %-escaped (`w/mean` is `w%2Fmean.npy`)."""
+    stem = urllib.parse.quote(name, safe="")
+    if not name or len(stem) > _MAX_ARRAY_NAME:
+        raise ValueError(f"artifact array name {name!r} cannot be a file name: it must have "
+                         f"1 to {_MAX_ARRAY_NAME} characters (once %-escaped)")
+    return folder / ARRAYS_DIR / f"{stem}.npy"
+
+
 def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
                    key: Mapping[str, Any], compute_seconds: float | None = None) -> None:
-    """Write the folder `path` (arrays.npz and meta.json with their checksums, and the
-    seconds computing it took) under a temporary name, then rename it into place
-    (replacing an older copy)."""
+    """Write the folder `path` (`arrays/NAME.npy` per array and meta.json with their
+    checksums, and the seconds computing it took) under a temporary name, then rename it
+    into place (replacing an older copy)."""
     arrays = {k: np.asarray(v) for k, v in artifact.items() if isinstance(v, np.ndarray)}
-    meta = json.loads(json.dumps({k: v for k, v in artifact.items()
-                                  if not isinstance(v, np.ndarray)}, default=str))
+    with _staged(path) as staging:
+        checksums = {}
+        for name, array in arrays.items():
+            array = np.ascontiguousarray(array)
+            with _synced(_array_file(staging, name)) as fh:
+                np.lib.format.write_array(fh, array, allow_pickle=False)
+            checksums[name] = array_checksum(array)
+        _write_meta(staging, artifact, key_hash, key, checksums, compute_seconds)
+
+
+@contextlib.contextmanager
+def _staged(path: Path) -> Iterator[Path]:
+    """A temporary folder beside `path`, renamed to `path` when the block ends without an
+    exception and deleted otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         _share(staging, folder=True)
-        with atomic_writer(staging / "arrays.npz") as fh:
-            np.savez(fh, **arrays)
-        record = {"format": FORMAT_VERSION, "id": key_hash, "key": dict(key), "meta": meta,
-                  "meta_sha256": _meta_checksum(meta),
-                  "arrays": {k: array_checksum(v) for k, v in arrays.items()},
-                  "compute_seconds": _round(compute_seconds)}
-        atomic_write_text(staging / "meta.json", json.dumps(record, default=str))
+        (staging / ARRAYS_DIR).mkdir()
+        yield staging
         _move_into_place(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _synced(path: Path) -> Iterator[IO[bytes]]:
+    """A new file opened for writing, flushed to disk when the block ends."""
+    with path.open("xb") as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_meta(staging: Path, artifact: Mapping[str, Any], key_hash: str,
+                key: Mapping[str, Any], checksums: Mapping[str, str],
+                compute_seconds: float | None) -> None:
+    meta = json.loads(json.dumps({k: v for k, v in artifact.items()
+                                  if not isinstance(v, np.ndarray)}, default=str))
+    record = {"format": LAYOUT_VERSION, "id": key_hash, "key": dict(key), "meta": meta,
+              "meta_sha256": _meta_checksum(meta), "arrays": dict(checksums),
+              "compute_seconds": _round(compute_seconds)}
+    atomic_write_text(staging / "meta.json", json.dumps(record, default=str))
+
+
+def _write_concatenated(path: Path, shards: Sequence[Callable[[], Mapping[str, Any]]],
+                        key_hash: str, key: Mapping[str, Any],
+                        compute_seconds: float | None) -> None:
+    """Write the artifact `path` whose arrays are the shards' arrays concatenated along
+    their first axis (`offsets` shifted), reading one shard at a time: each of `shards`
+    loads one (memory-mapped). Peak memory is one shard, whatever the total."""
+    offsets = [np.zeros(1, np.int64)]
+    layout: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
+    for load in shards:  # first pass: the arrays' dtypes and total lengths
+        shard = load()
+        offsets.append(np.asarray(shard["offsets"][1:]) + int(offsets[-1][-1]))
+        for name, array in shard.items():
+            if name == "offsets" or not isinstance(array, np.ndarray):
+                continue
+            dtype, tail, rows = layout.get(name, (array.dtype, array.shape[1:], 0))
+            if (array.dtype, array.shape[1:]) != (dtype, tail):
+                raise ValueError(f"{path.name}: shard array {name!r} is {array.dtype}"
+                                 f"{array.shape[1:]} where earlier shards are {dtype}{tail}")
+            layout[name] = (dtype, tail, rows + len(array))
+        del shard
+    with _staged(path) as staging:
+        checksums = {}
+        merged = np.concatenate(offsets)
+        with _synced(_array_file(staging, "offsets")) as fh:
+            np.lib.format.write_array(fh, merged, allow_pickle=False)
+        checksums["offsets"] = array_checksum(merged)
+        for name, (dtype, tail, rows) in layout.items():
+            out = np.lib.format.open_memmap(_array_file(staging, name), mode="w+",
+                                            dtype=dtype, shape=(rows, *tail))
+            h, at = _checksum_start(dtype, (rows, *tail)), 0
+            for load in shards:
+                part = load()[name]
+                for block in iter_blocks(part, max(1, _HASH_BLOCK // max(1, _row_bytes(part)))):
+                    out[at:at + len(block)] = block
+                    h.update(memoryview(np.ascontiguousarray(block)).cast("B"))
+                    at += len(block)
+                    _drop_pages(out)
+            out.flush()
+            del out
+            checksums[name] = h.hexdigest()
+        _write_meta(staging, {}, key_hash, key, checksums, compute_seconds)
+
+
+def _row_bytes(a: np.ndarray) -> int:
+    return int(a.itemsize * (np.prod(a.shape[1:]) if a.ndim > 1 else 1))
+
+
+def iter_blocks(array: np.ndarray, rows: int) -> Iterator[np.ndarray]:
+    """`array[i:i + rows]` for i = 0, rows, ... (copies). For a memory-mapped array the
+    pages of each block are released after it is copied, so walking a file larger than
+    memory keeps the process's resident memory at one block."""
+    rows = max(1, int(rows))
+    for start in range(0, len(array), rows):
+        block = np.array(array[start:start + rows])
+        _drop_pages(array)
+        yield block
+
+
+def _drop_pages(array: np.ndarray) -> None:
+    """Release the resident pages of the shared file mapping behind `array`, if any (the
+    data stays in the file and the page cache and is read again when used): resident
+    memory otherwise grows with every page of a mapped file ever read. Copy-on-write
+    mappings (mode "c") are left alone, as dropping their pages would lose writes."""
+    base: Any = array
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    handle = getattr(base, "_mmap", None)
+    if base is None or base.mode == "c" or not hasattr(handle, "madvise"):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        handle.madvise(mmap.MADV_DONTNEED)
 
 
 def _move_into_place(staging: Path, path: Path) -> None:
@@ -434,21 +593,29 @@ def _move_into_place(staging: Path, path: Path) -> None:
 def read_artifact(path: Path, key_hash: str) -> Artifact | None:
     """The artifact in folder `path`, or None when there is none. One that fails to parse
     or to verify (checksums, the key hash it was stored under) is deleted with a warning
-    naming it, and None is returned: the caller recomputes it."""
+    naming it, and None is returned: the caller recomputes it.
+
+    Arrays come back memory-mapped and read-only: `.npy` files (rather than one `.npz`,
+    zarr or HDF5) because numpy maps them with no extra dependency, a reader takes only
+    the rows it touches, and a file is written and verified in blocks. The checksum of
+    every array is verified on each load by reading the file in 8 MiB blocks, so a load
+    costs a sequential read of the artifact but never its size in memory. Folders of the
+    older layout (`arrays.npz`) are read into memory as before.
+    """
     meta_path = path / "meta.json"
-    arrays_path = path / "arrays.npz"
     if not path.exists():
         return None
-    if not meta_path.is_file() or not arrays_path.is_file():
-        # an artifact folder is renamed into place complete; an old-format or
-        # hand-damaged one is incomplete
-        return _discard(path, "incomplete (arrays.npz or meta.json missing)")
+    legacy = path / LEGACY_ARRAYS
+    if not meta_path.is_file() or not (legacy.is_file() or (path / ARRAYS_DIR).is_dir()):
+        # an artifact folder is renamed into place complete; a hand-damaged one is not
+        return _discard(path, "incomplete (its arrays or meta.json are missing)")
     try:
         record = json.loads(meta_path.read_text("utf-8"))
         if not isinstance(record, dict):
             return _discard(path, f"meta.json holds a {type(record).__name__}, not an object")
-        if record.get("format") != FORMAT_VERSION:
-            return _discard(path, f"format {record.get('format')!r}, not {FORMAT_VERSION}")
+        layout = record.get("format")
+        if layout not in (FORMAT_VERSION, LAYOUT_VERSION):
+            return _discard(path, f"format {layout!r}, not {LAYOUT_VERSION}")
         if record.get("id") != key_hash:
             return _discard(path, f"stored under key {str(record.get('id'))[:12]}, "
                                   f"not {key_hash[:12]}")
@@ -456,18 +623,73 @@ def read_artifact(path: Path, key_hash: str) -> Artifact | None:
         if not isinstance(meta, dict) or _meta_checksum(meta) != record.get("meta_sha256"):
             return _discard(path, "meta.json does not match its checksum")
         expected = record["arrays"]
-        with np.load(arrays_path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        if not isinstance(expected, dict) or set(expected) != set(arrays):
-            return _discard(path, "arrays.npz holds other arrays than meta.json lists")
-        for name, array in arrays.items():
-            if array_checksum(array) != expected[name]:
-                return _discard(path, f"array {name!r} does not match its checksum")
+        if not isinstance(expected, dict):
+            return _discard(path, "meta.json's array list is not an object")
+        if layout == FORMAT_VERSION:
+            with np.load(legacy, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            if set(expected) != set(arrays):
+                return _discard(path, "arrays.npz holds other arrays than meta.json lists")
+            for name, array in arrays.items():
+                if array_checksum(array) != expected[name]:
+                    return _discard(path, f"array {name!r} does not match its checksum")
+        else:
+            files = {p.name for p in (path / ARRAYS_DIR).iterdir()}
+            if files != {_array_file(path, name).name for name in expected}:
+                return _discard(path, f"{ARRAYS_DIR}/ holds other arrays than meta.json lists")
+            arrays = {}
+            for name in expected:
+                problem = _check_npy(_array_file(path, name), expected[name])
+                if problem:
+                    return _discard(path, f"array {name!r} {problem}")
+                arrays[name] = _map_npy(_array_file(path, name))
     except Exception as exc:  # noqa: BLE001 - any damage means: recompute, never fail
         return _discard(path, f"{type(exc).__name__}: {exc}")
     seconds = record.get("compute_seconds")
     return Artifact({**meta, **arrays}, key_hash,
                     float(seconds) if isinstance(seconds, int | float) else None)
+
+
+def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(fh)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    return read(fh)
+
+
+def _check_npy(file: Path, expected: str) -> str:
+    """"" when the `.npy` file's dtype, shape and data match the checksum `expected`
+    (read in blocks, not mapped), else what is wrong."""
+    with file.open("rb") as fh:
+        shape, fortran, dtype = _npy_header(fh)
+        if fortran or dtype.hasobject:
+            return "is not a plain C-order array"
+        size = int(np.prod(shape)) * dtype.itemsize
+        data_at = fh.tell()
+        if os.fstat(fh.fileno()).st_size != data_at + size:
+            return "has the wrong length (truncated or extended)"
+        h = _checksum_start(dtype, shape)
+        while chunk := fh.read(_HASH_BLOCK):
+            h.update(chunk)
+    return "" if h.hexdigest() == expected else "does not match its checksum"
+
+
+def _map_npy(file: Path) -> np.ndarray:
+    """The array of a verified `.npy` file: memory-mapped read-only (read whole when it
+    has no data: an empty file region cannot be mapped)."""
+    with file.open("rb") as fh:
+        shape, _, dtype = _npy_header(fh)
+    if int(np.prod(shape)) == 0:
+        return np.load(file, allow_pickle=False)
+    return np.load(file, mmap_mode="r", allow_pickle=False)
+
+
+def _open_artifact(path: Path) -> dict[str, Any]:
+    """The arrays (mapped) and metadata of an artifact folder this process has just
+    written or verified, read without verifying again."""
+    record = json.loads((path / "meta.json").read_text("utf-8"))
+    return {**record["meta"], **{name: _map_npy(_array_file(path, name))
+                                 for name in record["arrays"]}}
 
 
 def _discard(path: Path, problem: str) -> None:
