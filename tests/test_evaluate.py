@@ -96,3 +96,26 @@ def test_validation(ranks, qdb, match):
     gt = [QueryTruth(positives=[1]), QueryTruth(positives=[2])]
     with pytest.raises(ValueError, match=match):
         evaluate(ranks, gt, Protocol(), qdb)
+
+
+@pytest.mark.parametrize("exclude_query", [False, True])
+@pytest.mark.parametrize("depth", [7, 40])
+def test_evaluating_in_blocks_of_a_mapped_ranking_gives_the_same_metrics(tmp_path, depth,
+                                                                         exclude_query):
+    """Streaming evaluation (a memory-mapped ranking read a few queries at a time) equals
+    the in-memory one, key for key, at full and at truncated depth."""
+    rng = np.random.default_rng(1)
+    n_db, nq = 40, 11
+    ranks = np.stack([rng.permutation(n_db)[:depth] for _ in range(nq)]).astype(np.int32)
+    gt = [QueryTruth(easy=rng.choice(n_db, 3, replace=False).tolist(),
+                     hard=rng.choice(n_db, q % 3, replace=False).tolist(),
+                     junk=rng.choice(n_db, 2, replace=False).tolist()) for q in range(nq)]
+    qdb = [int(rng.integers(n_db)) if q % 2 else None for q in range(nq)]
+    protocol = Protocol(settings=REVISITED_SETTINGS, precision_at=(1, 5, 10),
+                        exclude_query=exclude_query, ns_score=True)
+    whole = evaluate(ranks, gt, protocol, qdb, n_db)
+    np.save(tmp_path / "ranks.npy", ranks)
+    mapped = np.load(tmp_path / "ranks.npy", mmap_mode="r")
+    for block in (1, 3, 11, 50):
+        assert evaluate(mapped, gt, protocol, qdb, n_db, block=block) == whole, block
+    assert whole["settings"]["medium"]["map"] is not None

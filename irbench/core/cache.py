@@ -44,6 +44,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from irbench.core.arrays import concat_rows
 from irbench.core.config import stable_hash
 from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.errors import BadImagesError, ImageReadError
@@ -247,6 +248,7 @@ class Cache:
         progress: Progress = NULL_PROGRESS,
         description: str = "",
         step: int | None = None,
+        meta: Callable[[], Mapping[str, Any]] | None = None,
     ) -> Artifact:
         """Apply `compute_chunk` to `items` in shards and concatenate the results.
 
@@ -259,7 +261,8 @@ class Cache:
         content. With `step`, `compute_chunk` is called on `step` items at a time within
         a shard, so that the progress bar moves every `step` items (the results are per
         item, the same whatever the step). Off by default: a `compute_chunk` that starts
-        a process pool per call (SIFT extraction) took twice as long at step 32.
+        a process pool per call (SIFT extraction) took twice as long at step 32. `meta()`,
+        called once every shard is done, gives JSON-able values stored with the result.
         """
         key_hash = self.key_of(kind, key)
         start = time.perf_counter()
@@ -309,16 +312,19 @@ class Cache:
         if resumed:
             log.info("resumed %s: %d of %d items were already computed", kind, resumed, n)
         nbytes = 0
+        facts = dict(meta()) if meta is not None else {}
         if self.enabled:
             _write_concatenated(final_path, shards, key_hash, {"kind": kind, **_json_key(key)},
-                                compute_seconds)
+                                compute_seconds, facts)
             result = Artifact(_open_artifact(final_path), key_hash, compute_seconds)
             nbytes = _size(final_path)
             self.fresh.add(key_hash)
             shutil.rmtree(shard_dir, ignore_errors=True)
         else:
-            result = Artifact(_merge_shards([load() for load in shards]) if shards else
-                              {"offsets": np.zeros(1, np.int64)}, key_hash, compute_seconds)
+            arrays = (_merge_shards([load() for load in shards]) if shards else
+                      {"offsets": np.zeros(1, np.int64)})
+            result = Artifact({**json.loads(json.dumps(facts, default=str)), **arrays},
+                              key_hash, compute_seconds)
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
                                       compute_seconds))
         return result
@@ -367,18 +373,19 @@ def _concat_items(per_item: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
     return out
 
 
-def merge_artifacts(parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Concatenate `map_cached` results of consecutive item lists (offsets shifted);
-    an empty part (only `offsets`) is skipped."""
+def merge_artifacts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """`map_cached` results of consecutive item lists as one (offsets shifted); an empty
+    part (only `offsets`) contributes no rows. The arrays are not copied: each is a
+    `ConcatRows` over the parts' (memory-mapped) arrays, or the one part that has rows."""
+    offsets = [np.zeros(1, np.int64)]
+    for part in parts:
+        offsets.append(np.asarray(part["offsets"][1:], np.int64) + int(offsets[-1][-1]))
+    out: dict[str, Any] = {"offsets": np.concatenate(offsets)}
     nonempty = [p for p in parts if len(p) > 1]
-    if not nonempty:
-        return {"offsets": np.zeros(1, np.int64)}
-    template = nonempty[0]
-    shards = [dict(p) if len(p) > 1 else
-              {**{k: np.asarray(v)[:0] for k, v in template.items() if k != "offsets"},
-               "offsets": np.asarray(p["offsets"])}
-              for p in parts]
-    return _merge_shards(shards)
+    for name in (nonempty[0] if nonempty else {}):
+        if name != "offsets" and isinstance(nonempty[0][name], np.ndarray):
+            out[name] = concat_rows([np.asarray(p[name]) for p in nonempty])
+    return out
 
 
 def _merge_shards(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -502,10 +509,12 @@ def _write_meta(staging: Path, artifact: Mapping[str, Any], key_hash: str,
 
 def _write_concatenated(path: Path, shards: Sequence[Callable[[], Mapping[str, Any]]],
                         key_hash: str, key: Mapping[str, Any],
-                        compute_seconds: float | None) -> None:
+                        compute_seconds: float | None,
+                        meta: Mapping[str, Any] | None = None) -> None:
     """Write the artifact `path` whose arrays are the shards' arrays concatenated along
-    their first axis (`offsets` shifted), reading one shard at a time: each of `shards`
-    loads one (memory-mapped). Peak memory is one shard, whatever the total."""
+    their first axis (`offsets` shifted) and whose metadata is `meta`, reading one shard
+    at a time: each of `shards` loads one (memory-mapped). Peak memory is one shard,
+    whatever the total."""
     offsets = [np.zeros(1, np.int64)]
     layout: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
     for load in shards:  # first pass: the arrays' dtypes and total lengths
@@ -540,7 +549,7 @@ def _write_concatenated(path: Path, shards: Sequence[Callable[[], Mapping[str, A
             out.flush()
             del out
             checksums[name] = h.hexdigest()
-        _write_meta(staging, {}, key_hash, key, checksums, compute_seconds)
+        _write_meta(staging, dict(meta or {}), key_hash, key, checksums, compute_seconds)
 
 
 def _row_bytes(a: np.ndarray) -> int:
@@ -563,6 +572,8 @@ def _drop_pages(array: np.ndarray) -> None:
     data stays in the file and the page cache and is read again when used): resident
     memory otherwise grows with every page of a mapped file ever read. Copy-on-write
     mappings (mode "c") are left alone, as dropping their pages would lose writes."""
+    for part in getattr(array, "parts", ()):  # a ConcatRows
+        _drop_pages(part)
     base: Any = array
     while base is not None and not isinstance(base, np.memmap):
         base = getattr(base, "base", None)

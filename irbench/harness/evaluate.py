@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from irbench.core.cache import iter_blocks
 from irbench.core.metrics import (
     as_ranks,
     average_precision_batch,
@@ -27,6 +28,29 @@ def _union(truth: QueryTruth, names: Sequence[str]) -> np.ndarray:
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
 
+def _blocks(ranks: np.ndarray, block: int) -> Iterator[np.ndarray]:
+    """The rows of `ranks`, `block` at a time (int64 copies; an in-memory ranking of one
+    block is passed as it is)."""
+    if block >= len(ranks) and not isinstance(ranks, np.memmap):
+        yield as_ranks(ranks)
+        return
+    for rows in iter_blocks(ranks, block):
+        yield as_ranks(rows)
+
+
+def _per_block(ranks: np.ndarray, block: int, fn: Callable[..., np.ndarray],
+               per_query: Sequence[Sequence[Any]], extra: Sequence[Any],
+               empty: np.ndarray) -> np.ndarray:
+    """`fn(rows, *(q[a:b] for q in per_query), *extra)` for each block of rows [a, b) of
+    `ranks`, concatenated (the per-query results of every block, in order)."""
+    out, start = [], 0
+    for rows in _blocks(ranks, block):
+        end = start + len(rows)
+        out.append(fn(rows, *(q[start:end] for q in per_query), *extra))
+        start = end
+    return np.concatenate(out) if out else empty
+
+
 def _or_none(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
@@ -37,8 +61,15 @@ def evaluate(
     protocol: Protocol,
     query_db_index: Sequence[int | None] | None = None,
     database_size: int | None = None,
+    *,
+    block: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate rankings under a dataset's protocol.
+
+    `ranks` may be memory-mapped: with `block`, it is read `block` queries at a time
+    (`iter_blocks`), so that evaluating a full-depth ranking of a million-image database
+    needs memory for one block of rows, not for all. Every metric is a function of each
+    query's row alone, so the result is the same whatever the block.
 
     `ranks[q]` are database indices best first (the top `depth`; -1 is padding). For each
     setting of `protocol.settings`, positives and junk are the unions of the named
@@ -61,7 +92,9 @@ def evaluate(
     non-junk positions of a query whose positives were not all retrieved) is None rather
     than an underestimate, and so is the N-S score when the depth is below 4.
     """
-    ranks = as_ranks(ranks)
+    if not (isinstance(ranks, np.ndarray) and ranks.ndim == 2
+            and (not ranks.size or np.issubdtype(ranks.dtype, np.integer))):
+        ranks = as_ranks(ranks)  # raises the error that says what is wrong
     nq = len(ground_truth)
     if ranks.shape[0] != nq:
         raise ValueError(
@@ -74,7 +107,8 @@ def evaluate(
         raise ValueError(
             f"query_db_index has {len(query_db_index)} entries for {nq} queries"
         )
-    if ranks.size and ranks.min() < -1:
+    block = max(1, int(block or nq or 1))
+    if any(b.size and b.min() < -1 for b in _blocks(ranks, block)):
         raise ValueError("ranks may only hold database indices >= 0, or -1 as padding")
     truncated = database_size is not None and ranks.shape[1] < database_size
 
@@ -93,12 +127,16 @@ def evaluate(
                 if qi is not None:
                     positives[i] = positives[i][positives[i] != qi]
                     junk[i] = np.union1d(junk[i], [qi])
-        ap = average_precision_batch(ranks, positives, junk)
+        ap = _per_block(ranks, block, average_precision_batch, (positives, junk), (),
+                        np.zeros(0))
         mean_ap, used, excluded = mean_ignoring_nan(ap)
         precision: dict[str, float | None] = {}
         if protocol.precision_at:
-            prec = precision_at_k(ranks, positives, junk, protocol.precision_at)
-            known = (precision_known(ranks, positives, junk, protocol.precision_at)
+            ks = protocol.precision_at
+            empty = np.zeros((0, len(ks)))
+            prec = _per_block(ranks, block, precision_at_k, (positives, junk), (ks,), empty)
+            known = (_per_block(ranks, block, precision_known, (positives, junk), (ks,),
+                                empty.astype(bool))
                      if truncated else np.ones(prec.shape, bool))
             has_positives = ~np.isnan(prec[:, 0]) if len(prec) else np.zeros(0, bool)
             for col, k in enumerate(protocol.precision_at):
@@ -117,7 +155,7 @@ def evaluate(
             np.empty(0, np.int64) if qi is None else np.asarray([qi], np.int64)
             for qi in query_db_index
         ]
-        scores = ns_score(ranks, relevant)
+        scores = _per_block(ranks, block, ns_score, (relevant,), (), np.zeros(0))
         out["ns_score"] = (None if truncated and ranks.shape[1] < 4
                            else float(scores.mean()) if nq else 0.0)
     return out

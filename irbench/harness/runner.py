@@ -56,6 +56,21 @@ log = logging.getLogger(__name__)
 
 STAGES = ("fit", "index", "query", "evaluate")
 
+RANKING_BLOCK_BYTES = 256 << 20
+"""Memory a block of rankings may take (database index int64 + score float32 per entry):
+at a depth of 1,001,001 (R1M) that is 22 queries per block."""
+
+RANKINGS_LAYOUT = 2
+"""What the rankings artifact holds (part of its key): 2 is ranks int64[nq, depth] and
+scores float32[nq, depth] written in query blocks, plus `offsets` (one row per query)."""
+
+
+def query_block_size(n_queries: int, depth: int, requested: int = 0) -> int:
+    """Queries per block: `requested`, else as many as fit in `RANKING_BLOCK_BYTES`."""
+    if requested:
+        return requested
+    return max(1, min(max(1, n_queries), RANKING_BLOCK_BYTES // max(1, 12 * depth)))
+
 
 def kept_ranking(ranks: np.ndarray, scores: np.ndarray, keep: int) -> dict[str, Any]:
     """The first `keep` columns of a ranking for the record (scores to 7 significant
@@ -101,6 +116,12 @@ class RunOptions:
     keep_ranking: int = 100
     """How much of each query's ranking the record keeps (database indices and scores,
     best first); 0 keeps none. The metrics always use the whole evaluated depth."""
+    query_block: int = 0
+    """Queries ranked (and evaluated) together; 0 picks as many as fit in
+    `RANKING_BLOCK_BYTES` at the run's depth (all of them, but for very large databases).
+    The rankings are stored a block at a time and evaluated from the memory-mapped file,
+    so a full-depth ranking of a million-image database is never in memory whole. The
+    metrics do not depend on it; it is not part of any cache key."""
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -113,6 +134,8 @@ class RunOptions:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.keep_ranking < 0:
             raise ConfigError("keep_ranking must be >= 0 (0 keeps no ranking)")
+        if self.query_block < 0:
+            raise ConfigError("query_block must be >= 0 (0 picks the block size)")
 
     def signer(self) -> ImageSigner:
         """The image signer of runs with these options (memo in the cache when enabled)."""
@@ -221,17 +244,27 @@ def _cpu_seconds() -> float:
 
 
 def _timed(timings: dict[str, StageTiming], stage: str, fn: Callable[[], Any],
-           cache: Cache) -> Any:
-    """Run `fn` as `stage`, recording its times and peak memory in `timings`."""
+           cache: Cache, *, accumulate: bool = False) -> Any:
+    """Run `fn` as `stage`, recording its times and peak memory in `timings`; with
+    `accumulate`, added to what earlier calls recorded for `stage` (a stage run in
+    blocks: times summed, peak memory the highest)."""
     wall0, cpu0, first = time.perf_counter(), _cpu_seconds(), len(cache.events)
     with _PeakRss() as rss:
         out = fn()
     wall = time.perf_counter() - wall0
     cost = cache.cost_since(first, wall)
-    timings[stage] = StageTiming(wall_s=round(wall, 4),
-                                 cpu_s=round(_cpu_seconds() - cpu0, 4),
-                                 peak_rss_bytes=int(rss.peak),
-                                 compute_s=None if cost is None else round(cost, 4))
+    timing = StageTiming(wall_s=round(wall, 4), cpu_s=round(_cpu_seconds() - cpu0, 4),
+                         peak_rss_bytes=int(rss.peak),
+                         compute_s=None if cost is None else round(cost, 4))
+    earlier = timings.get(stage) if accumulate else None
+    if earlier is not None:
+        timing = StageTiming(
+            wall_s=round(earlier.wall_s + timing.wall_s, 4),
+            cpu_s=round(earlier.cpu_s + timing.cpu_s, 4),
+            peak_rss_bytes=max(earlier.peak_rss_bytes, timing.peak_rss_bytes),
+            compute_s=(None if earlier.compute_s is None or timing.compute_s is None
+                       else round(earlier.compute_s + timing.compute_s, 4)))
+    timings[stage] = timing
     return out
 
 
@@ -336,31 +369,50 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
            "dataset": fingerprint, "depth": depth, "seed": options.seed,
            **spec.key(), "libraries": library_versions()}
 
-    def run_stages() -> dict[str, Any]:
-        _timed(timings, "fit", lambda: method_obj.fit(ds.train), cache)
-        _timed(timings, "index", lambda: method_obj.index(ds.database), cache)
-        ranks, scores = _timed(timings, "query", lambda: method_obj.query(ds.queries, depth),
-                               cache)
-        _check_ranking(cls.name, ranks, scores, len(ds.queries), depth, n_db)
-        return {
-            "ranks": np.asarray(ranks, np.int64),
-            "scores": np.asarray(scores, np.float32),
-            "timings": {k: vars(v) for k, v in timings.items()},
-            "index_bytes": method_obj.index_bytes(),
-            "method_info": method_obj.info(),
-            "search_report": dict(spec.report),
-        }
+    nq = len(ds.queries)
+    block = query_block_size(nq, depth, options.query_block)
+    ready = False
 
-    stage_out = cache.load_or_compute("rankings", key, run_stages)
+    def prepare() -> None:
+        """Fit and index, once, before the first block of queries is ranked."""
+        nonlocal ready
+        if not ready:
+            _timed(timings, "fit", lambda: method_obj.fit(ds.train), cache)
+            _timed(timings, "index", lambda: method_obj.index(ds.database), cache)
+            ready = True
+
+    def rank_block(indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        prepare()
+        queries = [ds.queries[i] for i in indices]
+        ranks, scores = _timed(timings, "query", lambda: method_obj.query(queries, depth),
+                               cache, accumulate=True)
+        _check_ranking(cls.name, ranks, scores, len(queries), depth, n_db)
+        ranks, scores = np.asarray(ranks, np.int64), np.asarray(scores, np.float32)
+        return [{"ranks": ranks[j:j + 1], "scores": scores[j:j + 1]}
+                for j in range(len(queries))]
+
+    def run_facts() -> dict[str, Any]:
+        prepare()  # all blocks were resumed from an interrupted run: its facts are here
+        return {"timings": {k: vars(v) for k, v in timings.items()},
+                "index_bytes": method_obj.index_bytes(),
+                "method_info": method_obj.info(),
+                "search_report": dict(spec.report)}
+
+    stage_out = cache.map_cached("rankings", {**key, "layout": RANKINGS_LAYOUT},
+                                 list(range(nq)), rank_block, shard_size=block,
+                                 progress=options.progress, description=f"{cls.name}: rank",
+                                 meta=run_facts)
     reused = not timings
     if reused:
         log.info("reusing cached rankings of %s on %s: fit, index and query skipped "
                  "(use --overwrite to recompute)", cls.name, ds.label)
         for name, t in stage_out["timings"].items():
             timings[name] = StageTiming(**{**t, "cached": True})
-    ranks = stage_out["ranks"]
+    ranks = np.asarray(stage_out["ranks"]).reshape(nq, depth)
+    scores = np.asarray(stage_out["scores"]).reshape(nq, depth)
     metrics = _timed(timings, "evaluate", lambda: with_intervals(evaluate(
-        ranks, ds.ground_truth, ds.protocol, [q.db_index for q in ds.queries], n_db)), cache)
+        ranks, ds.ground_truth, ds.protocol, [q.db_index for q in ds.queries], n_db,
+        block=block)), cache)
     record = RunRecord(
         method=cls.name,
         config=config_to_dict(config),
@@ -388,7 +440,7 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
         environment=environment(),
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         query_ids=[str(q.id) for q in ds.queries],
-        ranking=kept_ranking(ranks, stage_out["scores"], options.keep_ranking),
+        ranking=kept_ranking(ranks, scores, options.keep_ranking),
     )
     if options.results_dir is not None:
         path = write_record(record, options.results_dir)

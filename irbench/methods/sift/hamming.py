@@ -76,12 +76,13 @@ and histograms `np.bincount`; there is no Python loop over postings (one over qu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from irbench.core.cache import iter_blocks
 from irbench.core.config import param
 from irbench.core.search import topk_from_scores
 from irbench.datasets.base import Image, Query
@@ -89,7 +90,7 @@ from irbench.errors import ConfigError
 from irbench.methods.base import QUERY_STAGE, Stage
 from irbench.methods.sift.bow import SIFT_STAGES, SiftVocabularyMethod
 from irbench.methods.sift.invfile import InvertedFile, bow_vectors
-from irbench.methods.sift.keypoints import SiftOptions
+from irbench.methods.sift.keypoints import FEATURE_BLOCK, SiftOptions
 from irbench.methods.sift.vocabulary import (
     VocabularyOptions,
     sample_indices,
@@ -257,16 +258,18 @@ class HammingEmbedding:
         return int(self.projection.shape[0])
 
     def signatures(self, vectors: np.ndarray, words: np.ndarray,
-                   batch_size: int = 65536) -> np.ndarray:
+                   batch_size: int = FEATURE_BLOCK, *,
+                   prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Packed signatures uint64[n]: bit i set iff (P x)_i > τ_{q(x), i} (bit i of the
-        integer, little-endian; unused high bits are 0)."""
+        integer, little-endian; unused high bits are 0). `prepare` maps a batch of stored
+        descriptors to the vectors x, so that only one batch is ever held as float32."""
         n = len(vectors)
         out = np.zeros(n, np.uint64)
-        words = np.asarray(words, np.int64)
-        for begin in range(0, n, batch_size):
-            x = np.asarray(vectors[begin:begin + batch_size], np.float32)
+        for begin, batch in zip(range(0, n, batch_size), iter_blocks(vectors, batch_size),
+                                strict=True):
+            x = np.asarray(prepare(batch) if prepare is not None else batch, np.float32)
             z = x @ self.projection.T
-            bits = z > self.thresholds[words[begin:begin + len(x)]]
+            bits = z > self.thresholds[np.asarray(words[begin:begin + len(x)], np.int64)]
             packed = np.zeros((len(x), 8), np.uint8)
             packed[:, : (self.bits + 7) // 8] = np.packbits(bits, axis=1, bitorder="little")
             out[begin:begin + len(x)] = packed.view("<u8")[:, 0]
@@ -512,9 +515,14 @@ class HammingEmbeddingMethod(SiftVocabularyMethod):
 
         def compute() -> dict[str, Any]:
             feats = self.features(role, images)
-            sig = emb.signatures(self.vectors(feats.descriptors), words)
-            return {"signatures": sig, "angles": angle_codes(feats.angle),
-                    "scales": scale_codes(feats.scale)}
+            sig = emb.signatures(feats.descriptors, words, prepare=self.vectors)
+            n, block = feats.n_features, FEATURE_BLOCK  # codes a block at a time too
+            angles, scales = np.empty(n, np.uint8), np.empty(n, np.uint8)
+            for begin, a, s in zip(range(0, n, block), iter_blocks(feats.angle, block),
+                                   iter_blocks(feats.scale, block), strict=True):
+                angles[begin:begin + len(a)] = angle_codes(a)
+                scales[begin:begin + len(s)] = scale_codes(s)
+            return {"signatures": sig, "angles": angles, "scales": scales}
 
         art = self.cached("signatures", compute,
                           inputs={"embedding": self._embedding_id,

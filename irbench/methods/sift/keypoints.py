@@ -139,6 +139,11 @@ def descriptor_vectors(descriptors: np.ndarray, use_rootsift: bool) -> np.ndarra
 
 # -- one image ------------------------------------------------------------------------
 
+FEATURE_BLOCK = 16384
+"""Features turned into float32 vectors at a time (quantisation, Hamming signatures): a
+block and RootSIFT's temporaries take about 4 × 16,384 × 512 B = 32 MiB, whatever the
+number of features (a block of 65,536 held about 120 MiB more at the peak)."""
+
 _EMPTY = {
     "descriptors": np.zeros((0, DESCRIPTOR_DIM), np.uint8),
     "x": np.zeros(0, np.float32),
@@ -244,12 +249,14 @@ class Features:
 
     @classmethod
     def from_artifact(cls, art: dict[str, Any], id: str = "") -> Features:
-        # An empty image list stores only `offsets`: fall back to empty columns.
+        # An empty image list stores only `offsets`: fall back to empty columns. Columns
+        # stay as stored (memory-mapped, or rows of several segments) when of the right
+        # dtype: nothing is copied until it is used.
         get = {k: art.get(k, v) for k, v in _EMPTY.items()}
         return cls(offsets=np.asarray(art["offsets"], np.int64),
-                   descriptors=np.asarray(get["descriptors"], np.uint8).reshape(-1, DESCRIPTOR_DIM),
-                   **{k: np.asarray(get[k], np.float32) for k in ("x", "y", "scale", "angle",
-                                                                   "response")}, id=id)
+                   descriptors=_column(get["descriptors"], np.uint8, DESCRIPTOR_DIM),
+                   **{k: _column(get[k], np.float32) for k in ("x", "y", "scale", "angle",
+                                                               "response")}, id=id)
 
     @property
     def n_images(self) -> int:
@@ -271,6 +278,16 @@ class Features:
         """The arrays of image `i`."""
         s = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
         return {k: getattr(self, k)[s] for k in _EMPTY}
+
+
+def _column(values: Any, dtype: type, width: int | None = None) -> Any:
+    """`values` as a column of `dtype` (rows of `width`): as it is when it already is one
+    (an array, memory-mapped or not, or a `ConcatRows`), else converted."""
+    if hasattr(values, "shape") and getattr(values, "dtype", None) == np.dtype(dtype) and (
+            len(values.shape) == 1 if width is None else tuple(values.shape[1:]) == (width,)):
+        return values
+    out = np.asarray(values, dtype)
+    return out if width is None else out.reshape(-1, width)
 
 
 def _crop_box_of(item: Image | Query) -> Box | None:

@@ -53,8 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
+from irbench.core.cache import iter_blocks
 from irbench.core.config import param
 from irbench.errors import ConfigError
+from irbench.methods.sift.keypoints import FEATURE_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -217,14 +219,16 @@ class Vocabulary:
 
     def quantize(self, descriptors: np.ndarray, *,
                  prepare: Callable[[np.ndarray], np.ndarray] | None = None,
-                 batch_size: int = 65536) -> np.ndarray:
+                 batch_size: int = FEATURE_BLOCK) -> np.ndarray:
         """Nearest-centroid word id of each row, uint32[n]. `prepare` maps a batch of
-        stored descriptors to the float32 vectors the vocabulary was trained on."""
+        stored descriptors to the float32 vectors the vocabulary was trained on. The rows
+        are read a batch at a time (`iter_blocks`), so memory-mapped descriptors are never
+        all resident."""
         n = int(descriptors.shape[0])
         words = np.empty(n, np.uint32)
         index = self._faiss_index()
-        for begin in range(0, n, batch_size):
-            batch = descriptors[begin:begin + batch_size]
+        for begin, batch in zip(range(0, n, batch_size), iter_blocks(descriptors, batch_size),
+                                strict=True):
             x = prepare(batch) if prepare is not None else batch
             x = np.ascontiguousarray(x, dtype=np.float32)
             _, ids = index.search(x, 1)
