@@ -40,6 +40,7 @@ from irbench.core.config import (
     config_to_dict,
     describe_fields,
 )
+from irbench.core.executor import make_executor
 from irbench.core.parallel import default_workers
 from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.core.search import SearchSpec
@@ -101,6 +102,11 @@ class RunOptions:
     keep_ranking: int = 100
     """How much of each query's ranking the record keeps (database indices and scores,
     best first); 0 keeps none. The metrics always use the whole evaluated depth."""
+    executor: str = "local"
+    """Where the per-image stages' shards run: 'local' (this process and its worker
+    pool) or 'ray' (Ray tasks; `irbench.core.executor`). Results are the same."""
+    ray_address: str | None = None
+    """The Ray cluster of `executor='ray'` ('auto', HOST:PORT); None starts a local Ray."""
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -113,6 +119,7 @@ class RunOptions:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.keep_ranking < 0:
             raise ConfigError("keep_ranking must be >= 0 (0 keeps no ranking)")
+        make_executor(self.executor, self.ray_address)  # ConfigError naming the problem
 
     def signer(self) -> ImageSigner:
         """The image signer of runs with these options (memo in the cache when enabled)."""
@@ -324,7 +331,9 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
                          independent_set=ds.independent_set, signer=signer,
                          load_dataset=functools.partial(
                              load_dataset, data_root=options.data_root,
-                             cache_dir=options.cache_dir))
+                             cache_dir=options.cache_dir),
+                         executor=make_executor(options.executor, options.ray_address,
+                                                device=options.device))
     _seed_everything(options.seed)
     method_obj = cls(config, context)
     n_db = len(ds.database)
@@ -385,7 +394,7 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
         method_info=dict(stage_out.get("method_info") or {}),
         cache_events=[e.to_dict() for e in cache.events],
         untrained=method_obj.untrained(),
-        environment=environment(),
+        environment={**environment(), "executor": context.executor.describe()},
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         query_ids=[str(q.id) for q in ds.queries],
         ranking=kept_ranking(ranks, stage_out["scores"], options.keep_ranking),
