@@ -59,6 +59,9 @@ class LocalExecutor(Executor):
     name = "local"
     in_process = True
 
+    def __reduce__(self) -> str:
+        return "LOCAL"  # unpickles as the module's one instance
+
     def run(self, fn: Callable[[S, T], R], shared: S, tasks: Sequence[T],
             on_done: Callable[[int, R], None]) -> None:
         for index, task in enumerate(tasks):
