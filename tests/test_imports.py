@@ -1,4 +1,5 @@
-"""A SIFT-only run never imports torch (the CNN methods' modules are the only ones that do)."""
+"""A SIFT-only run never imports torch (the CNN methods' modules are the only ones that do),
+and a run on the local executor never imports Ray."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 SCRIPT = """
 import atexit, sys
 atexit.register(lambda: print("torch imported:", "torch" in sys.modules))
+atexit.register(lambda: print("ray imported:", "ray" in sys.modules))
 from irbench.cli.main import main
 sys.argv = ["bench", "run", "-q", "-m", "bow", "-d", "demo", "--dataset-option", "objects=6",
             "--set", "vocabulary_size=64", "--results-dir", sys.argv[1]]
@@ -15,13 +17,14 @@ main()
 """
 
 
-def test_a_bow_run_imports_no_torch(tmp_path):
+def test_a_bow_run_imports_neither_torch_nor_ray(tmp_path):
     env = {"IRBENCH_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin",
            "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "results")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "torch imported: False" in out.stdout, out.stdout[-2000:]
+    assert "ray imported: False" in out.stdout, out.stdout[-2000:]
     assert list((tmp_path / "results").glob("bow__demo*.json"))
 
 

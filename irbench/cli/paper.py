@@ -13,7 +13,7 @@ import click
 from rich.text import Text
 
 from irbench.cli.report import claims_table
-from irbench.cli.run import common_paths
+from irbench.cli.run import common_paths, executor_options
 from irbench.cli.ui import console, err_console, make_progress, parse_pairs, setup_logging
 from irbench.core.cache import default_cache_dir
 from irbench.core.parallel import default_workers
@@ -51,13 +51,15 @@ def cpu_model() -> str:
               help="Worker processes for extraction [env IRBENCH_WORKERS; default: CPUs "
                    "available, at most 8].")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
+@executor_options
 @click.option("--overwrite", is_flag=True,
               help="Recompute every stage instead of reusing cached artifacts (so that "
                    "every latency is measured).")
 @common_paths
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
-def paper_cmd(datasets, sets, dataset_options, out, seed, workers, device, overwrite, cache_dir,
+def paper_cmd(datasets, sets, dataset_options, out, seed, workers, device, executor, ray_address,
+              overwrite, cache_dir,
               results_dir, data_root, quiet, verbose) -> None:
     """Run every experiment of the paper's figures (SIFT baselines, CNN with cropped and
     full query, F-CNN, DR-CNN with K = 1..5 x three fusions and with class scores) on
@@ -74,7 +76,7 @@ def paper_cmd(datasets, sets, dataset_options, out, seed, workers, device, overw
     options = RunOptions(cache_dir=cache_dir or default_cache_dir(), results_dir=results_dir,
                          data_root=data_root, seed=seed,
                          workers=workers or default_workers(), device=device,
-                         overwrite=overwrite,
+                         overwrite=overwrite, executor=executor, ray_address=ray_address,
                          progress=make_progress(quiet),
                          dataset_options=parse_pairs(dataset_options, "--dataset-option"))
 
@@ -90,7 +92,8 @@ def paper_cmd(datasets, sets, dataset_options, out, seed, workers, device, overw
     command = shlex.join(["bench", "paper", *sys.argv[2:]]) if len(sys.argv) > 1 else "bench paper"
     path = write_reproduction(results, out, skipped=done.skipped, labels=done.labels,
                               command=command, machine=f"{cpu_model()}, "
-                              f"{options.workers} worker(s), device {device}")
+                              f"{options.workers} worker(s), device {device}"
+                              + ("" if executor == "local" else f", executor {executor}"))
     if done.records:
         console.print(claims_table(check_claims(done.records)))
     failed = [r for r in results if r.error is not None]

@@ -16,6 +16,7 @@ from irbench.cli.ui import (
     setup_logging,
 )
 from irbench.core.cache import default_cache_dir
+from irbench.core.executor import EXECUTORS
 from irbench.core.parallel import default_workers
 from irbench.core.search import BACKENDS
 from irbench.errors import ConfigError
@@ -34,6 +35,21 @@ def common_paths(fn):
     fn = click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
                       help="Stage artifacts and generated datasets [env IRBENCH_CACHE; "
                            "default: ~/.cache/irbench].")(fn)
+    return fn
+
+
+def executor_options(fn):
+    """--executor and --ray-address (shared by `bench run` and `bench paper`)."""
+    fn = click.option("--ray-address", default=None, metavar="ADDRESS",
+                      help="With --executor ray: the Ray cluster to run on, 'auto' (the "
+                           "cluster this machine joined with `ray start`) or HOST:PORT of "
+                           "its head [env RAY_ADDRESS; default: start a Ray on this "
+                           "machine].")(fn)
+    fn = click.option("--executor", type=click.Choice(EXECUTORS), default="local",
+                      show_default=True,
+                      help="Where per-image extraction runs: here, or as Ray tasks, one "
+                           "per shard (pip install 'irbench-harness[ray]'; the cache "
+                           "directory must be shared by every node). Same results.")(fn)
     return fn
 
 
@@ -59,6 +75,7 @@ def common_paths(fn):
               help="Worker processes for extraction [env IRBENCH_WORKERS; default: CPUs "
                    "available, at most 8].")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, ...).")
+@executor_options
 @click.option("--search", type=click.Choice(BACKENDS), default="exact", show_default=True,
               help="Dense search backend for global descriptors: exact, faiss (exact), or "
                    "approximate ivfpq / hnsw (their recall@100 against exact search and "
@@ -79,7 +96,7 @@ def common_paths(fn):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
 def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, workers, device,
-            search, search_options, overwrite, verify_images, no_cache, no_record, keep_ranking, cache_dir,
+            executor, ray_address, search, search_options, overwrite, verify_images, no_cache, no_record, keep_ranking, cache_dir,
             results_dir, data_root, quiet, verbose):
     """Run METHOD on DATASET: fit -> index -> query -> evaluate, and write a run record."""
     setup_logging(quiet, verbose)
@@ -94,6 +111,7 @@ def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, w
         progress=make_progress(quiet),
         dataset_options=parse_pairs(dataset_options, "--dataset-option"),
         verify_images=verify_images, keep_ranking=keep_ranking,
+        executor=executor, ray_address=ray_address,
     )
     overrides = parse_pairs(sets, "--set")
     sweep_values = {k: [v.strip() for v in vals.split(",") if v.strip() != ""]

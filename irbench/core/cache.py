@@ -33,6 +33,7 @@ import logging
 import mmap
 import os
 import shutil
+import socket
 import tempfile
 import time
 import urllib.parse
@@ -46,8 +47,9 @@ import numpy as np
 
 from irbench.core.arrays import concat_rows
 from irbench.core.config import stable_hash
+from irbench.core.executor import LOCAL, Executor
 from irbench.core.progress import NULL_PROGRESS, Progress
-from irbench.errors import BadImagesError, ImageReadError
+from irbench.errors import BadImagesError, ConfigError, ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +251,7 @@ class Cache:
         description: str = "",
         step: int | None = None,
         meta: Callable[[], Mapping[str, Any]] | None = None,
+        executor: Executor = LOCAL,
     ) -> Artifact:
         """Apply `compute_chunk` to `items` in shards and concatenate the results.
 
@@ -263,6 +266,10 @@ class Cache:
         item, the same whatever the step). Off by default: a `compute_chunk` that starts
         a process pool per call (SIFT extraction) took twice as long at step 32. `meta()`,
         called once every shard is done, gives JSON-able values stored with the result.
+
+        The shards not in the cache yet run on `executor` (`irbench.core.executor`): here
+        by default, or as Ray tasks that write their shards into the cache directory,
+        from which they are read back (`_compute_shards`).
         """
         key_hash = self.key_of(kind, key)
         start = time.perf_counter()
@@ -272,41 +279,10 @@ class Cache:
             return found
         n = len(items)
         shard_dir = final_path.parent / f"{key_hash}.shards"
-        shards: list[Callable[[], Mapping[str, Any]]] = []
-        """How to load each finished shard (mapped from its folder when the cache is on:
-        shards are never all in memory at once)."""
-        unreadable: list[ImageReadError | BadImagesError] = []
-        resumed = 0
-        compute_seconds: float | None = 0.0
         with progress.task(description or kind, total=n) as advance:
-            for begin in range(0, n, shard_size):
-                end = min(n, begin + shard_size)
-                shard_path = shard_dir / f"{begin:09d}-{end:09d}"
-                shard_hash = stable_hash({"of": key_hash, "shard": [begin, end]})
-                shard = None
-                if self.enabled and not self.overwrite:
-                    shard = read_artifact(shard_path, shard_hash)
-                    if shard is not None:
-                        resumed += end - begin
-                        compute_seconds = _add(compute_seconds, shard.compute_seconds)
-                        advance(end - begin)
-                if shard is None:
-                    first, chunk_start = len(self.events), time.perf_counter()
-                    per_item, failed = _compute_in_steps(kind, items, begin, end,
-                                                         step or end - begin,
-                                                         compute_chunk, advance)
-                    if failed:
-                        unreadable += failed
-                        continue
-                    shard = _concat_items(per_item)
-                    shard_seconds = self.cost_since(first, time.perf_counter() - chunk_start)
-                    compute_seconds = _add(compute_seconds, shard_seconds)
-                    if self.enabled:
-                        write_artifact(shard_path, shard, shard_hash,
-                                       {"kind": kind, "shard": [begin, end]}, shard_seconds)
-                shards.append(functools.partial(_open_artifact, shard_path)
-                              if self.enabled else functools.partial(dict, shard))
-                del shard
+            shards, unreadable, resumed, compute_seconds = self._compute_shards(
+                kind, key_hash, shard_dir, items, compute_chunk, shard_size=shard_size,
+                step=step, executor=executor, advance=advance)
         if unreadable:
             raise BadImagesError.combine(unreadable)
         if resumed:
@@ -329,6 +305,136 @@ class Cache:
                                       compute_seconds))
         return result
 
+    def _compute_shards(
+        self, kind: str, key_hash: str, shard_dir: Path, items: Sequence[Any],
+        compute_chunk: Callable[[Sequence[Any]], list[dict[str, np.ndarray]]], *,
+        shard_size: int, step: int | None, executor: Executor, advance: Callable[[int], None],
+    ) -> tuple[list[Callable[[], Mapping[str, Any]]], list[ImageReadError | BadImagesError],
+               int, float | None]:
+        """(how to load each shard, in order, the unreadable-image errors, how many items
+        were resumed from stored shards, the computing seconds of all shards) of
+        `map_cached`: stored shards are verified, the others run on `executor` and are
+        stored as they finish (by the task itself when it runs elsewhere; then verified
+        here). A shard stored is loaded from its folder, so they are never all in memory."""
+        n = len(items)
+        found: dict[int, Callable[[], Mapping[str, Any]]] = {}
+        unreadable: list[ImageReadError | BadImagesError] = []
+        resumed = 0
+        compute_seconds: float | None = 0.0
+        todo: list[_ShardTask] = []
+        for index, begin in enumerate(range(0, n, shard_size)):
+            end = min(n, begin + shard_size)
+            shard_path = shard_dir / f"{begin:09d}-{end:09d}"
+            shard_hash = stable_hash({"of": key_hash, "shard": [begin, end]})
+            if self.enabled and not self.overwrite:
+                shard = read_artifact(shard_path, shard_hash)
+                if shard is not None:
+                    found[index] = functools.partial(_open_artifact, shard_path)
+                    resumed += end - begin
+                    compute_seconds = _add(compute_seconds, shard.compute_seconds)
+                    advance(end - begin)
+                    continue
+            todo.append(_ShardTask(index, begin, end, shard_path, shard_hash,
+                                   items[begin:end]))
+        job = _ShardJob(kind, compute_chunk, step,
+                        write=self.enabled and not executor.in_process,
+                        advance=advance if executor.in_process else None)
+        mark = len(self.events)
+
+        def on_done(position: int, done: _ShardDone) -> None:
+            nonlocal compute_seconds, mark
+            task = todo[position]
+            if not executor.in_process:
+                advance(task.end - task.begin)
+            # cache events since the last shard are this shard's (reused artifacts count
+            # at their computing time); a task elsewhere records none here
+            shard_seconds = self.cost_since(mark, done.seconds)
+            mark = len(self.events)
+            if done.unreadable:
+                unreadable.extend(done.unreadable)
+                return
+            compute_seconds = _add(compute_seconds, shard_seconds)
+            if done.written:
+                shard = read_artifact(task.path, task.key_hash)
+                if shard is None:
+                    raise ConfigError(
+                        f"{kind}: shard {task.begin}-{task.end} was written by {executor.name}"
+                        f" node {done.host} to {task.path}, but this machine "
+                        f"({socket.gethostname()}) does not find it there: with --executor "
+                        f"{executor.name} the cache directory must be on a filesystem every "
+                        f"node shares at the same path (NFS or the like); point --cache-dir "
+                        f"or IRBENCH_CACHE at one")
+                found[task.index] = functools.partial(_open_artifact, task.path)
+            elif self.enabled:
+                write_artifact(task.path, done.arrays, task.key_hash,
+                               {"kind": kind, "shard": [task.begin, task.end]}, shard_seconds)
+                found[task.index] = functools.partial(_open_artifact, task.path)
+            else:
+                found[task.index] = functools.partial(dict, done.arrays)
+
+        executor.run(_run_shard, job, todo, on_done)
+        shards = [found[i] for i in sorted(found)]
+        return shards, unreadable, resumed, compute_seconds
+
+
+@dataclass(frozen=True)
+class _ShardTask:
+    """One shard to compute: its position, items[begin:end] and where it is stored."""
+
+    index: int
+    begin: int
+    end: int
+    path: Path
+    key_hash: str
+    items: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    """What every shard of one `map_cached` call shares (an executor sends it once)."""
+
+    kind: str
+    compute_chunk: Callable[[Sequence[Any]], list[dict[str, np.ndarray]]]
+    step: int | None
+    write: bool
+    """The task stores its shard itself (it runs elsewhere); else it returns the arrays."""
+    advance: Callable[[int], None] | None = None
+    """The progress bar, for tasks that run in this process (others are counted when done)."""
+
+
+@dataclass
+class _ShardDone:
+    """What a shard task returns: its arrays (None when it stored them, or failed), the
+    unreadable-image errors that failed it, its computing seconds, the host it ran on."""
+
+    arrays: dict[str, np.ndarray] | None
+    unreadable: list[ImageReadError | BadImagesError]
+    seconds: float
+    host: str
+    written: bool
+
+
+def _run_shard(job: _ShardJob, task: _ShardTask) -> _ShardDone:
+    """Compute one shard (an executor's task, here or on another machine) and, when
+    `job.write`, store it atomically at `task.path`."""
+    start = time.perf_counter()
+    per_item, failed = _compute_in_steps(job.kind, task.items, 0, len(task.items),
+                                         job.step or len(task.items), job.compute_chunk,
+                                         job.advance or _ignore_advance)
+    if failed:
+        return _ShardDone(None, failed, time.perf_counter() - start, socket.gethostname(),
+                          False)
+    arrays = _concat_items(per_item)
+    seconds = time.perf_counter() - start
+    if job.write:
+        write_artifact(task.path, arrays, task.key_hash,
+                       {"kind": job.kind, "shard": [task.begin, task.end]}, seconds)
+        return _ShardDone(None, [], seconds, socket.gethostname(), True)
+    return _ShardDone(arrays, [], seconds, socket.gethostname(), False)
+
+
+def _ignore_advance(n: int = 1, status: str | None = None) -> None:
+    """The progress of a task that runs elsewhere: the driver counts its shard when done."""
 
 def _compute_in_steps(kind: str, items: Sequence[Any], begin: int, end: int, step: int,
                       compute_chunk: Callable[[Sequence[Any]], list[dict[str, np.ndarray]]],
@@ -545,7 +651,7 @@ def _write_concatenated(path: Path, shards: Sequence[Callable[[], Mapping[str, A
                     out[at:at + len(block)] = block
                     h.update(memoryview(np.ascontiguousarray(block)).cast("B"))
                     at += len(block)
-                    _drop_pages(out)
+                    release_pages(out)
             out.flush()
             del out
             checksums[name] = h.hexdigest()
@@ -563,17 +669,17 @@ def iter_blocks(array: np.ndarray, rows: int) -> Iterator[np.ndarray]:
     rows = max(1, int(rows))
     for start in range(0, len(array), rows):
         block = np.array(array[start:start + rows])
-        _drop_pages(array)
+        release_pages(array)
         yield block
 
 
-def _drop_pages(array: np.ndarray) -> None:
+def release_pages(array: Any) -> None:
     """Release the resident pages of the shared file mapping behind `array`, if any (the
     data stays in the file and the page cache and is read again when used): resident
     memory otherwise grows with every page of a mapped file ever read. Copy-on-write
     mappings (mode "c") are left alone, as dropping their pages would lose writes."""
     for part in getattr(array, "parts", ()):  # a ConcatRows
-        _drop_pages(part)
+        release_pages(part)
     base: Any = array
     while base is not None and not isinstance(base, np.memmap):
         base = getattr(base, "base", None)

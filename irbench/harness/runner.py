@@ -40,6 +40,7 @@ from irbench.core.config import (
     config_to_dict,
     describe_fields,
 )
+from irbench.core.executor import make_executor
 from irbench.core.parallel import default_workers
 from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.core.search import SearchSpec
@@ -122,6 +123,11 @@ class RunOptions:
     The rankings are stored a block at a time and evaluated from the memory-mapped file,
     so a full-depth ranking of a million-image database is never in memory whole. The
     metrics do not depend on it; it is not part of any cache key."""
+    executor: str = "local"
+    """Where the per-image stages' shards run: 'local' (this process and its worker
+    pool) or 'ray' (Ray tasks; `irbench.core.executor`). Results are the same."""
+    ray_address: str | None = None
+    """The Ray cluster of `executor='ray'` ('auto', HOST:PORT); None starts a local Ray."""
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -136,6 +142,7 @@ class RunOptions:
             raise ConfigError("keep_ranking must be >= 0 (0 keeps no ranking)")
         if self.query_block < 0:
             raise ConfigError("query_block must be >= 0 (0 picks the block size)")
+        make_executor(self.executor, self.ray_address)  # ConfigError naming the problem
 
     def signer(self) -> ImageSigner:
         """The image signer of runs with these options (memo in the cache when enabled)."""
@@ -357,7 +364,9 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
                          independent_set=ds.independent_set, signer=signer,
                          load_dataset=functools.partial(
                              load_dataset, data_root=options.data_root,
-                             cache_dir=options.cache_dir))
+                             cache_dir=options.cache_dir),
+                         executor=make_executor(options.executor, options.ray_address,
+                                                device=options.device))
     _seed_everything(options.seed)
     method_obj = cls(config, context)
     n_db = len(ds.database)
@@ -437,7 +446,7 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
         method_info=dict(stage_out.get("method_info") or {}),
         cache_events=[e.to_dict() for e in cache.events],
         untrained=method_obj.untrained(),
-        environment=environment(),
+        environment={**environment(), "executor": context.executor.describe()},
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         query_ids=[str(q.id) for q in ds.queries],
         ranking=kept_ranking(ranks, scores, options.keep_ranking),

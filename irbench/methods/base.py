@@ -29,6 +29,7 @@ import numpy as np
 
 from irbench.core.cache import Artifact, Cache, default_cache_dir
 from irbench.core.config import ANY_STAGE, NoConfig, check_fields, config_to_dict, field_stage
+from irbench.core.executor import LOCAL, Executor
 from irbench.core.parallel import default_workers
 from irbench.core.progress import NULL_PROGRESS, Progress
 from irbench.core.registry import DISTRIBUTION
@@ -80,7 +81,14 @@ def library_versions() -> dict[str, str]:
 
 @dataclass
 class RunContext:
-    """What the harness gives a method: cache, seed, workers, device, search backend, progress."""
+    """What the harness gives a method: cache, seed, workers, device, search backend,
+    progress, and the executor its per-image stages run on.
+
+    A context pickled into another process (an executor's task: a stage's compute
+    function closes over it) arrives as a worker context: one worker process (the
+    executor is the parallelism), the local executor, no progress bar (the driver counts
+    finished shards), no dataset loading and an empty signature memo.
+    """
 
     cache: Cache = field(default_factory=lambda: Cache(default_cache_dir()))
     seed: int = 0
@@ -102,6 +110,14 @@ class RunContext:
     load_dataset: Callable[[str], Any] | None = None
     """Loads another registered dataset by name with the run's data root (for methods
     that train on an independent set); None outside the runner."""
+    executor: Executor = LOCAL
+    """Where the shards of per-image stages run (`Method.cached_map`): here, or as Ray
+    tasks (`irbench.core.executor`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The worker context a task receives (class docstring)."""
+        return {**self.__dict__, "workers": 1, "executor": LOCAL, "progress": NULL_PROGRESS,
+                "load_dataset": None, "signer": ImageSigner()}
 
     @classmethod
     def in_memory(cls, **kwargs: Any) -> RunContext:
@@ -226,12 +242,15 @@ class Method:
                    description: str = "") -> Artifact:
         """Like `cached`, for a per-item computation stored in shards: an interrupted
         extraction resumes from the last finished shard (`Cache.map_cached`). `inputs`
-        must include the items' identity (`self.context.identify(items)`)."""
+        must include the items' identity (`self.context.identify(items)`). The shards run
+        on the context's executor: `compute_chunk` (and what it closes over, the method
+        included) is pickled for an executor that runs them elsewhere."""
         kind, key = self.stage_key(stage, inputs)
         return self.context.cache.map_cached(kind, key, items, compute_chunk,
                                              shard_size=shard_size,
                                              progress=self.context.progress,
-                                             description=description or f"{self.name}: {stage}")
+                                             description=description or f"{self.name}: {stage}",
+                                             executor=self.context.executor)
 
 
 class GlobalDescriptorMethod(Method):

@@ -24,18 +24,21 @@ Stages and their cache artifacts, shared by every SIFT method whose fields agree
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
+from irbench.core.cache import release_pages
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError, IrbenchError
 from irbench.methods.base import Method, Stage
 from irbench.methods.sift.invfile import TfIdfIndex
 from irbench.methods.sift.keypoints import (
+    DESCRIPTOR_DIM,
     SIFT_STAGE,
     Features,
     SiftOptions,
@@ -68,6 +71,43 @@ SIFT_STAGES: dict[str, Stage] = {
 }
 """The cached stages of the vocabulary-based SIFT methods (extraction, vocabulary,
 quantization); `sift/features` is keyed by `keypoints.extract_features` itself."""
+
+
+class _DescriptorsPerImage(Sequence[np.ndarray]):
+    """The stored descriptors of each image of a list, as a sequence of arrays; the
+    features are loaded (`load`) on first access, so cached words never load them."""
+
+    def __init__(self, n_images: int, load: Callable[[], Features]) -> None:
+        self._n = n_images
+        self._load = load
+        self._features: Features | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):  # int -> array, slice -> list of arrays
+        if self._features is None:
+            self._features = self._load()
+        offsets, descriptors = self._features.offsets, self._features.descriptors
+        if isinstance(index, slice):
+            return [descriptors[offsets[i]:offsets[i + 1]]
+                    for i in range(*index.indices(self._n))]
+        i = range(self._n)[index]
+        return descriptors[offsets[i]:offsets[i + 1]]
+
+
+def _quantize_images(vocabulary: Vocabulary, use_rootsift: bool,
+                     per_image: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The word of every stored descriptor, per image (the `words` stage's compute; a
+    module-level function of picklable arguments, so a shard can run elsewhere)."""
+    counts = [len(d) for d in per_image]
+    descriptors = (np.concatenate(per_image) if per_image
+                   else np.zeros((0, DESCRIPTOR_DIM), np.uint8))
+    for rows in per_image[:1]:  # views of one memory-mapped file: release what was read
+        release_pages(rows)
+    words = vocabulary.quantize(
+        descriptors, prepare=functools.partial(descriptor_vectors, use_rootsift=use_rootsift))
+    return [{"words": w} for w in np.split(words, np.cumsum(counts)[:-1])]
 
 
 @dataclass(frozen=True)
@@ -192,19 +232,20 @@ class SiftVocabularyMethod(Method):
         return self._vocabulary
 
     def words(self, role: str, images: Sequence[Image | Query]) -> tuple[np.ndarray, np.ndarray]:
-        """(word id of every feature uint32[F], per-image offsets int64[n+1]), cached."""
+        """(word id of every feature uint32[F], per-image offsets int64[n+1]), cached in
+        shards of images (on the context's executor, like the extraction); the features
+        are loaded only when the words are not cached."""
         if self._vocabulary is None:
             raise RuntimeError(f"{self.name}: no vocabulary yet (call fit/index first)")
-        vocab = self._vocabulary
-
-        def compute() -> dict[str, Any]:
-            feats = self.features(role, images)
-            words = vocab.quantize(feats.descriptors, prepare=self.vectors)
-            return {"words": words, "offsets": feats.offsets}
-
-        art = self.cached("words", compute, inputs={"vocabulary": self._vocabulary_id,
-                                                    "features": self.features_id(images)})
-        return np.asarray(art["words"], np.uint32), np.asarray(art["offsets"], np.int64)
+        rows = _DescriptorsPerImage(len(images), lambda: self.features(role, images))
+        art = self.cached_map("words", rows,
+                              functools.partial(_quantize_images, self._vocabulary,
+                                                self.config.rootsift),
+                              inputs={"vocabulary": self._vocabulary_id,
+                                      "features": self.features_id(images)},
+                              description=f"{self.name}: quantize ({role})")
+        words = art.get("words", np.zeros(0, np.uint32))  # an empty list stores offsets only
+        return np.asarray(words, np.uint32), np.asarray(art["offsets"], np.int64)
 
     # -- the contract -----------------------------------------------------------------
 

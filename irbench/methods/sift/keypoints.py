@@ -323,7 +323,8 @@ def features_id(images: Sequence[Image | Query], params: SiftParams, context: An
 def extract_features(images: Sequence[Image | Query], params: SiftParams, context: Any, *,
                      description: str = "SIFT", shard_size: int = 256) -> Features:
     """SIFT features of `images` (queries described on their `crop_box`), computed in
-    `context.workers` processes, cached (resumably, in shards) under `sift/features`.
+    `context.workers` processes, cached (resumably, in shards) under `sift/features`;
+    the shards run on `context.executor`.
 
     Unreadable images raise one `BadImagesError` listing them all; an image with no
     keypoints gets zero rows.
@@ -336,7 +337,7 @@ def extract_features(images: Sequence[Image | Query], params: SiftParams, contex
     for segment, part, key in _parts(images, params, context):
         arts.append(context.cache.map_cached(
             FEATURES_KIND, key, part, compute_chunk, shard_size=shard_size,
-            progress=context.progress,
+            progress=context.progress, executor=context.executor,
             description=description if segment is None else f"{description} ({segment.name})"))
     art = arts[0] if len(arts) == 1 else merge_artifacts(arts)
     ids = [a.id for a in arts]

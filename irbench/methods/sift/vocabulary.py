@@ -50,6 +50,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -200,6 +201,11 @@ class Vocabulary:
     def __post_init__(self) -> None:
         self.centroids = np.ascontiguousarray(self.centroids, dtype=np.float32)
         self._index = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its faiss index (it does not pickle; rebuilt on first use), so
+        that quantization can run as an executor's task elsewhere."""
+        return {**self.__dict__, "_index": None}
 
     @property
     def size(self) -> int:
