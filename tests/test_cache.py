@@ -255,3 +255,36 @@ def test_iter_blocks_walks_a_mapped_array_in_copies(tmp_path):
     assert [len(b) for b in blocks] == [64, 64, 64, 58]
     assert all(b.flags.writeable and not isinstance(b, np.memmap) for b in blocks)
     assert np.array_equal(np.concatenate(blocks), mapped)
+
+
+def test_a_computation_with_progress_moves_the_bar_per_item(tmp_path):
+    """`WithProgress`: the computation moves the bar as items finish; the shard's rest is
+    counted after it (here one item never reported), and results are unchanged."""
+    import contextlib
+
+    from irbench.core.cache import WithProgress
+
+    steps = []
+
+    class Recorder:
+        @contextlib.contextmanager
+        def task(self, description, total=None):
+            yield lambda n=1, status=None: steps.append(n)
+
+    def compute(chunk, advance):
+        out = []
+        for i in chunk:
+            out.append({"v": np.asarray([i * 2])})
+            if i % 10 != 9:
+                advance(1)
+        return out
+
+    art = Cache(tmp_path / "a").map_cached("kind", {"k": 1}, list(range(25)),
+                                           WithProgress(compute), shard_size=10,
+                                           progress=Recorder())
+    assert steps == [1] * 25
+    plain = Cache(tmp_path / "b").map_cached("kind", {"k": 1}, list(range(25)),
+                                             lambda c: compute(c, lambda n=1: None),
+                                             shard_size=10)
+    assert np.array_equal(art["v"], plain["v"]) and sum(steps) == 25
+    assert WithProgress(compute)([3])[0]["v"].tolist() == [6]  # callable without a bar

@@ -436,6 +436,18 @@ def _run_shard(job: _ShardJob, task: _ShardTask) -> _ShardDone:
 def _ignore_advance(n: int = 1, status: str | None = None) -> None:
     """The progress of a task that runs elsewhere: the driver counts its shard when done."""
 
+@dataclass(frozen=True)
+class WithProgress:
+    """A `map_cached` computation that moves the progress bar itself: `fn(items,
+    advance)` calls `advance(n)` as items finish (SIFT extraction: per image, where the
+    bar would otherwise move once per shard). Picklable when `fn` is."""
+
+    fn: Callable[[Sequence[Any], Callable[..., None]], list[dict[str, np.ndarray]]]
+
+    def __call__(self, items: Sequence[Any]) -> list[dict[str, np.ndarray]]:
+        return self.fn(items, _ignore_advance)
+
+
 def _compute_in_steps(kind: str, items: Sequence[Any], begin: int, end: int, step: int,
                       compute_chunk: Callable[[Sequence[Any]], list[dict[str, np.ndarray]]],
                       advance: Callable[[int], None]
@@ -447,17 +459,27 @@ def _compute_in_steps(kind: str, items: Sequence[Any], begin: int, end: int, ste
     failed: list[Exception] = []
     for lo in range(begin, end, max(1, step)):
         hi = min(end, lo + max(1, step))
+        moved = 0
+
+        def counted(n: int = 1, status: str | None = None) -> None:
+            nonlocal moved
+            moved += n
+            advance(n)
+
         try:
-            out = compute_chunk(items[lo:hi])
+            out = (compute_chunk.fn(items[lo:hi], counted)
+                   if isinstance(compute_chunk, WithProgress) else compute_chunk(items[lo:hi]))
         except (ImageReadError, BadImagesError) as exc:
             failed.append(exc)
-            advance(hi - lo)
+            if hi - lo > moved:
+                advance(hi - lo - moved)
             continue
         if len(out) != hi - lo:
             raise RuntimeError(f"{kind}: compute returned {len(out)} results for "
                                f"{hi - lo} items")
         per_item += out
-        advance(hi - lo)
+        if hi - lo > moved:
+            advance(hi - lo - moved)
     return per_item, failed
 
 

@@ -51,8 +51,11 @@ def default_workers() -> int:
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int = 1,
                  progress: Progress = NULL_PROGRESS, description: str = "",
-                 chunksize: int = 4) -> list[R]:
+                 chunksize: int = 4, advance: Advance | None = None) -> list[R]:
     """`[fn(x) for x in items]`, in `workers` spawned processes when workers > 1.
+
+    Progress goes to a new bar of `progress`, or, with `advance`, to the caller's bar
+    (moved as items finish: per item here, per chunk in workers).
 
     `fn` must be a module-level function (it is pickled). An item that raises
     `ImageReadError` does not stop the others: once every item is done, one
@@ -72,14 +75,16 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, workers: int = 1,
         else:
             unreadable.append((index, value))
 
-    with progress.task(description, total=len(items)) as advance:
+    bar = (contextlib.nullcontext(advance) if advance is not None
+           else progress.task(description, total=len(items)))
+    with bar as step:
         if workers <= 1 or len(items) <= 1:
             for index, item in enumerate(items):
                 keep(index, *_attempt(fn, item))
-                advance(1)
+                step(1)
         else:
             _map_in_pool(fn, items, workers=workers, chunksize=max(1, chunksize), keep=keep,
-                         advance=advance)
+                         advance=step)
     if unreadable:
         raise BadImagesError.combine([exc for _, exc in sorted(unreadable, key=lambda e: e[0])])
     return out

@@ -49,7 +49,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from irbench.core.cache import merge_artifacts
+from irbench.core.cache import WithProgress, merge_artifacts
 from irbench.core.config import param, stable_hash
 from irbench.core.parallel import parallel_map
 from irbench.datasets.base import Box, Image, Query, split_segments
@@ -329,14 +329,16 @@ def extract_features(images: Sequence[Image | Query], params: SiftParams, contex
     Unreadable images raise one `BadImagesError` listing them all; an image with no
     keypoints gets zero rows.
     """
-    def compute_chunk(chunk: Sequence[Image | Query]) -> list[dict[str, np.ndarray]]:
+    def compute_chunk(chunk: Sequence[Image | Query], advance: Any
+                      ) -> list[dict[str, np.ndarray]]:
         tasks = [(str(im.path), _crop_box_of(im), params) for im in chunk]
-        return parallel_map(_worker, tasks, workers=context.workers, chunksize=8)
+        return parallel_map(_worker, tasks, workers=context.workers, chunksize=4,
+                            advance=advance)  # the bar moves every 4 images
 
     arts = []
     for segment, part, key in _parts(images, params, context):
         arts.append(context.cache.map_cached(
-            FEATURES_KIND, key, part, compute_chunk, shard_size=shard_size,
+            FEATURES_KIND, key, part, WithProgress(compute_chunk), shard_size=shard_size,
             progress=context.progress, executor=context.executor,
             description=description if segment is None else f"{description} ({segment.name})"))
     art = arts[0] if len(arts) == 1 else merge_artifacts(arts)
