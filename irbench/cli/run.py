@@ -92,12 +92,16 @@ def executor_options(fn):
 @click.option("--keep-ranking", type=click.IntRange(min=0), default=100, show_default=True,
               metavar="N", help="Keep the top N of each query's ranking (indices, scores) "
                                 "in the record; 0 keeps none.")
+@click.option("--query-block", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="N", help="Rank and evaluate N queries at a time; 0 picks as many as "
+                                "fit in 256 MiB of rankings at the run's depth.")
 @common_paths
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
 def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, workers, device,
-            executor, ray_address, search, search_options, overwrite, verify_images, no_cache, no_record, keep_ranking, cache_dir,
-            results_dir, data_root, quiet, verbose):
+            executor, ray_address, search, search_options, overwrite, verify_images, no_cache,
+            no_record, keep_ranking, query_block, cache_dir, results_dir, data_root, quiet,
+            verbose):
     """Run METHOD on DATASET: fit -> index -> query -> evaluate, and write a run record."""
     setup_logging(quiet, verbose)
     seed_list = parse_seeds(seeds, seed)
@@ -110,7 +114,7 @@ def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, w
         overwrite=overwrite, use_cache=not no_cache,
         progress=make_progress(quiet),
         dataset_options=parse_pairs(dataset_options, "--dataset-option"),
-        verify_images=verify_images, keep_ranking=keep_ranking,
+        verify_images=verify_images, keep_ranking=keep_ranking, query_block=query_block,
         executor=executor, ray_address=ray_address,
     )
     overrides = parse_pairs(sets, "--set")
