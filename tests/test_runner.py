@@ -99,6 +99,21 @@ def test_sweep_shares_stages(tmp_path, tiny):
     assert MeanColor.encoded == 48  # --overwrite recomputes the shared stage once, not 3x
 
 
+def test_a_sweep_has_one_bar_for_its_points(tmp_path, tiny):
+    import contextlib
+
+    bars = {}
+
+    class Recorder:
+        @contextlib.contextmanager
+        def task(self, description, total=None):
+            steps = bars.setdefault(description, [])
+            yield lambda n=1, status=None: steps.append((n, status))
+
+    sweep(MeanColor, tiny, {"unused": ["1", "2"]}, options(tmp_path, progress=Recorder()))
+    assert bars["mean-color: sweep points"] == [(1, "unused=1"), (1, "unused=2")]
+
+
 def test_bad_overrides(tmp_path, tiny):
     with pytest.raises(ConfigError, match="grid"):
         run(MeanColor, tiny, options(tmp_path), {"gird": "2"})

@@ -465,7 +465,7 @@ def sweep(method: str | type[Method], dataset: str | Dataset,
     Every point's config is built (and checked) before the first runs, so a bad value
     fails at once; the dataset is loaded and fingerprinted once; each point's stages are
     cached, so points that share a stage (same values of the fields that stage depends
-    on) compute it once.
+    on) compute it once. One bar counts the points done (its status names the last).
     """
     options = options or RunOptions()
     cls = METHODS.get(method) if isinstance(method, str) else method
@@ -486,10 +486,12 @@ def sweep(method: str | type[Method], dataset: str | Dataset,
     ds = resolve_dataset(dataset, options)
     signer = options.signer()
     records = []
-    for values, config in points:
-        log.info("sweep point %s", ", ".join(f"{k}={v}" for k, v in zip(names, values,
-                                                                           strict=True)))
-        records.append(_run(cls, config, ds, options, signer))
+    with options.progress.task(f"{cls.name}: sweep points", total=len(points)) as advance:
+        for values, config in points:
+            point = ", ".join(f"{k}={v}" for k, v in zip(names, values, strict=True))
+            log.info("sweep point %s", point)
+            records.append(_run(cls, config, ds, options, signer))
+            advance(1, point)
     return records
 
 
