@@ -383,6 +383,19 @@ def test_bow_end_to_end_finds_originals(tmp_path):
     json.dumps(info)  # goes into the run record
 
 
+def test_bow_index_is_cached_memory_mapped_and_ranks_the_same(tmp_path):
+    from irbench.core.cache import _memmap_of
+
+    method, ranks, scores = run_bow(tmp_path / "data", tmp_path / "cache")
+    again, ranks2, scores2 = run_bow(tmp_path / "data", tmp_path / "cache")
+    assert [e.hit for e in method.context.cache.events if e.kind == "tfidf-index"] == [False]
+    assert [e.hit for e in again.context.cache.events if e.kind == "tfidf-index"] == [True]
+    for m in (method, again):
+        assert _memmap_of(m._index.invfile.columns["weight"]) is not None
+    np.testing.assert_array_equal(ranks2, ranks)
+    np.testing.assert_array_equal(scores2, scores)
+
+
 def test_bow_trains_on_train_split_and_scales_the_sample(tmp_path, caplog):
     cfg = small_config(vocabulary_size=200, training_descriptors_per_word=2,
                        min_descriptors_per_word=1)

@@ -237,6 +237,66 @@ class Cache:
                                       artifact.compute_seconds))
         return artifact
 
+    def load_or_write(self, kind: str, key: Mapping[str, Any],
+                      write: Callable[[Path | None], Mapping[str, Any]]) -> Artifact:
+        """Like `load_or_compute`, for an artifact whose arrays are too large to hold in
+        memory: `write(folder)` creates them itself as `folder / "NAME.npy"` files
+        (`np.lib.format.open_memmap`, filled a block at a time) and returns the
+        artifact's values, those arrays mapped from their files among them; any other
+        array it returns is written as `load_or_compute` writes it. `folder` is the
+        arrays folder of the artifact being staged, renamed into place once the files'
+        checksums are taken (read in blocks), so an interrupted write leaves nothing a
+        later run trusts; it is None when the cache is disabled (the arrays then stay in
+        memory). The artifact returned is the stored one, mapped read-only."""
+        key_hash = self.key_of(kind, key)
+        start = time.perf_counter()
+        found = self._reuse(kind, key_hash, start)
+        if found is not None:
+            return found
+        first = len(self.events)
+        if not self.enabled:
+            values = write(None)
+            artifact = Artifact(values, key_hash,
+                                self.cost_since(first, time.perf_counter() - start))
+            self.events.append(CacheEvent(kind, key_hash, False, 0,
+                                          time.perf_counter() - start,
+                                          artifact.compute_seconds))
+            return artifact
+        path = self.path_for(kind, key_hash)
+        with _staged(path) as staging:
+            values = dict(write(staging / ARRAYS_DIR))
+            compute_seconds = self.cost_since(first, time.perf_counter() - start)
+            checksums = {}
+            for name, value in values.items():
+                if not isinstance(value, np.ndarray):
+                    continue
+                file = _array_file(staging, name)
+                if not file.exists():
+                    array = np.ascontiguousarray(value)
+                    with _synced(file) as fh:
+                        np.lib.format.write_array(fh, array, allow_pickle=False)
+                    checksums[name] = array_checksum(array)
+                    continue
+                mapped = _memmap_of(value)
+                if mapped is None or Path(mapped.filename).resolve() != file.resolve():
+                    raise ValueError(f"{kind}: array {name!r} is not the one written to "
+                                     f"{file.name} (return the array mapped from that file)")
+                mapped.flush()
+                checksums[name] = _npy_checksum(file)
+            stray = {p.name for p in (staging / ARRAYS_DIR).iterdir()} - {
+                _array_file(staging, name).name for name in checksums}
+            if stray:
+                raise ValueError(f"{kind}: files {sorted(stray)} were written but not "
+                                 f"returned among the artifact's arrays")
+            _write_meta(staging, values, key_hash, {"kind": kind, **_json_key(key)},
+                        checksums, compute_seconds)
+        del values
+        result = Artifact(_open_artifact(path), key_hash, compute_seconds)
+        self.fresh.add(key_hash)
+        self.events.append(CacheEvent(kind, key_hash, False, _size(path),
+                                      time.perf_counter() - start, compute_seconds))
+        return result
+
     # -- per-item computations, sharded and resumable ----------------------------------
 
     def map_cached(
@@ -562,12 +622,17 @@ def _byte_blocks(a: np.ndarray) -> Iterator[memoryview]:
 
 
 def _is_mapped(array: np.ndarray) -> bool:
+    return _memmap_of(array) is not None
+
+
+def _memmap_of(array: np.ndarray) -> np.memmap | None:
+    """The `np.memmap` an array is a view of, if any."""
     base: Any = array
     while base is not None:
         if isinstance(base, np.memmap):
-            return True
+            return base
         base = getattr(base, "base", None)
-    return False
+    return None
 
 
 def _meta_checksum(meta: Any) -> str:
@@ -712,6 +777,24 @@ def release_pages(array: Any) -> None:
         handle.madvise(mmap.MADV_DONTNEED)
 
 
+def release_rows(array: np.ndarray, begin: int, end: int) -> None:
+    """`release_pages` for the pages holding rows [begin, end) of a memory-mapped array
+    only (the pages at either end whole: rows beside them that share one are read again
+    from the page cache when used), so that releasing a few rows of a large mapping
+    costs little. Arrays not mapped, or mapped copy-on-write, are left alone."""
+    base = _memmap_of(array)
+    handle = getattr(base, "_mmap", None)
+    if (base is None or base.mode == "c" or not hasattr(handle, "madvise") or end <= begin
+            or array.ndim == 0 or array.strides[0] <= 0):
+        return
+    mapping_start = np.frombuffer(handle, np.uint8, count=1).ctypes.data
+    lo = array.ctypes.data - mapping_start + begin * array.strides[0]
+    hi = lo + (end - begin) * array.strides[0]
+    lo -= lo % mmap.PAGESIZE  # madvise wants a page-aligned start; it rounds the length up
+    with contextlib.suppress(OSError, ValueError):
+        handle.madvise(mmap.MADV_DONTNEED, lo, min(hi, len(handle)) - lo)
+
+
 def _move_into_place(staging: Path, path: Path) -> None:
     """Rename the folder `staging` to `path`; an existing `path` is moved aside first and
     deleted after (a concurrent writer may win: its artifact is equivalent)."""
@@ -799,18 +882,28 @@ def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
 def _check_npy(file: Path, expected: str) -> str:
     """"" when the `.npy` file's dtype, shape and data match the checksum `expected`
     (read in blocks, not mapped), else what is wrong."""
+    try:
+        found = _npy_checksum(file)
+    except ValueError as exc:
+        return str(exc)
+    return "" if found == expected else "does not match its checksum"
+
+
+def _npy_checksum(file: Path) -> str:
+    """`array_checksum` of the array in a `.npy` file, read in blocks (not mapped);
+    ValueError saying what is wrong with a file that holds no plain array."""
     with file.open("rb") as fh:
         shape, fortran, dtype = _npy_header(fh)
         if fortran or dtype.hasobject:
-            return "is not a plain C-order array"
+            raise ValueError("is not a plain C-order array")
         size = int(np.prod(shape)) * dtype.itemsize
         data_at = fh.tell()
         if os.fstat(fh.fileno()).st_size != data_at + size:
-            return "has the wrong length (truncated or extended)"
+            raise ValueError("has the wrong length (truncated or extended)")
         h = _checksum_start(dtype, shape)
         while chunk := fh.read(_HASH_BLOCK):
             h.update(chunk)
-    return "" if h.hexdigest() == expected else "does not match its checksum"
+    return h.hexdigest()
 
 
 def _map_npy(file: Path) -> np.ndarray:

@@ -237,6 +237,15 @@ class Method:
         kind, key = self.stage_key(stage, inputs)
         return self.context.cache.load_or_compute(kind, key, compute)
 
+    def cached_files(self, stage: str, write: Callable[[Path | None], Mapping[str, Any]], *,
+                     inputs: Mapping[str, Any]) -> Artifact:
+        """Like `cached`, for a stage whose arrays are too large to hold in memory:
+        `write(folder)` creates them as `.npy` files in `folder` (None when the cache
+        keeps nothing on disk: then in memory) and returns the artifact's values; the
+        result is memory-mapped from the cache (`Cache.load_or_write`)."""
+        kind, key = self.stage_key(stage, inputs)
+        return self.context.cache.load_or_write(kind, key, write)
+
     def cached_map(self, stage: str, items: Sequence[Any], compute_chunk, *,
                    inputs: Mapping[str, Any], shard_size: int = 512,
                    description: str = "") -> Artifact:

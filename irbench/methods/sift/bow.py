@@ -18,8 +18,9 @@ RootSIFT on, 20,000 words by default (Philbin et al. use 1M words by approximate
 k-means: `--set vocabulary_size=1000000`), a keypoint cap per image.
 
 Stages and their cache artifacts, shared by every SIFT method whose fields agree:
-`sift/features` (per image list), `vocabulary` (per training image list) and `words`
-(the word of every feature, per image list and vocabulary); see `SIFT_STAGES`.
+`sift/features` (per image list), `vocabulary` (per training image list), `words`
+(the word of every feature, per image list and vocabulary) and `tfidf-index` (the
+database's inverted file, built streaming and memory-mapped); see `SIFT_STAGES`.
 """
 
 from __future__ import annotations
@@ -62,15 +63,20 @@ from irbench.methods.sift.vocabulary import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BowConfig", "BowMethod", "SiftVocabularyMethod", "SIFT_STAGES"]
+__all__ = ["BowConfig", "BowMethod", "SiftVocabularyMethod", "SIFT_STAGES", "TFIDF_STAGE"]
+
+TFIDF_STAGE = "tfidf-index"
+"""The cached stage of a database's `TfIdfIndex` (its arrays memory-mapped)."""
 
 SIFT_STAGES: dict[str, Stage] = {
     SIFT_STAGE: Stage(shared=True),
     VOCABULARY_STAGE: Stage(after=(SIFT_STAGE,), seeded=True, shared=True),
     "words": Stage(after=(VOCABULARY_STAGE,), shared=True),
+    TFIDF_STAGE: Stage(after=("words",), shared=True),
 }
 """The cached stages of the vocabulary-based SIFT methods (extraction, vocabulary,
-quantization); `sift/features` is keyed by `keypoints.extract_features` itself."""
+quantization, the tf-idf inverted file of a database); `sift/features` is keyed by
+`keypoints.extract_features` itself."""
 
 
 class _DescriptorsPerImage(Sequence[np.ndarray]):
@@ -323,8 +329,14 @@ class BowMethod(SiftVocabularyMethod):
         self._index: TfIdfIndex | None = None
 
     def index(self, database: Sequence[Image]) -> None:
+        """Build (or load from the cache, memory-mapped) the database's inverted file."""
         words, offsets = self.prepare_database(database)
-        self._index = TfIdfIndex.build(words, offsets, self._vocabulary.size)
+        n_words = self._vocabulary.size
+        art = self.cached_files(
+            TFIDF_STAGE,
+            lambda folder: TfIdfIndex.build(words, offsets, n_words, folder=folder).arrays(),
+            inputs={"vocabulary": self._vocabulary_id, "features": self.features_id(database)})
+        self._index = TfIdfIndex.from_arrays(art)
         self._info["postings"] = int(self._index.invfile.n_postings)
 
     def query(self, queries: Sequence[Query], k: int) -> tuple[np.ndarray, np.ndarray]:

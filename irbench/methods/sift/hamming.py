@@ -69,15 +69,19 @@ wrong images more.
 
 The inverted file (`HammingIndex`) holds one posting per database feature, CSR by
 visual word: image id uint32, signature uint64, angle and scale codes uint8 — 14
-bytes per posting — plus the idf of each word and the tf-idf norm of each image.
+bytes per posting — plus the idf of each word and the tf-idf norm of each image. It is
+built by streaming over the per-feature arrays in two passes (`invfile` module doc)
+and cached as the stage `hamming-index`, whose files the build writes in place: the
+index is memory-mapped, never held in memory whole, and reused by later runs.
 Hamming distances use `np.bitwise_count` on the packed uint64 signatures and all votes
 and histograms `np.bincount`; there is no Python loop over postings (one over queries).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -89,7 +93,17 @@ from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
 from irbench.methods.base import QUERY_STAGE, Stage
 from irbench.methods.sift.bow import SIFT_STAGES, SiftVocabularyMethod
-from irbench.methods.sift.invfile import InvertedFile, bow_vectors
+from irbench.methods.sift.invfile import (
+    BUILD_BLOCK,
+    InvertedFile,
+    PostingBlock,
+    block_vectors,
+    check_lengths,
+    idf_of,
+    image_blocks,
+    new_array,
+    read_rows,
+)
 from irbench.methods.sift.keypoints import FEATURE_BLOCK, SiftOptions
 from irbench.methods.sift.vocabulary import (
     VocabularyOptions,
@@ -123,13 +137,22 @@ WGC_PRIOR_TURNS: dict[str, tuple[int, ...]] = {
 
 EMBEDDING_STAGE = "embedding"
 """The cached stage of the Hamming embedding (projection and thresholds; seeded)."""
+INDEX_STAGE = "hamming-index"
+"""The cached stage of the database's `HammingIndex` (its arrays memory-mapped)."""
 
 HAMMING_STAGES: dict[str, Stage] = {
     **SIFT_STAGES,
     EMBEDDING_STAGE: Stage(after=("vocabulary",), seeded=True, shared=True),
     "signatures": Stage(after=(EMBEDDING_STAGE,), shared=True),
+    INDEX_STAGE: Stage(after=("signatures",), shared=True),
 }
-"""The SIFT stages, then the embedding and the signatures of every feature."""
+"""The SIFT stages, then the embedding, the signatures of every feature and the
+inverted file of a database."""
+
+POSTING_COLUMNS: dict[str, Any] = {"signature": np.uint64, "angle": np.uint8,
+                                   "scale": np.uint8}
+"""The per-posting columns of `HammingIndex` and their dtypes (14 bytes per posting
+with the uint32 image id)."""
 
 
 @dataclass(frozen=True)
@@ -338,22 +361,54 @@ class HammingIndex:
 
     @classmethod
     def build(cls, words: np.ndarray, offsets: np.ndarray, n_words: int,
-              signatures: np.ndarray, angles: np.ndarray, scales: np.ndarray) -> HammingIndex:
+              signatures: np.ndarray, angles: np.ndarray, scales: np.ndarray, *,
+              folder: Path | None = None, block_features: int = BUILD_BLOCK) -> HammingIndex:
         """From per-feature word ids, per-image `offsets` int64[N+1], packed signatures
-        and uint8 angle / scale codes."""
+        and uint8 angle / scale codes, streaming over them (they may be memory-mapped)
+        `block_features` at a time in two passes (module doc of `invfile`); the arrays
+        are `.npy` files in `folder` (see `arrays`), or in memory when None."""
         offsets = np.asarray(offsets, np.int64)
         n = len(offsets) - 1
-        image = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
-        img, word, tf = bow_vectors(words, offsets, n_words)
-        df = np.bincount(word, minlength=n_words)
-        with np.errstate(divide="ignore"):
-            idf = np.where(df > 0, np.log(n / np.maximum(df, 1)), 0.0)
-        norms = np.sqrt(np.bincount(img, weights=(tf * idf[word]) ** 2, minlength=n))
-        inv = InvertedFile.from_postings(
-            words, image, n_words, n,
-            {"signature": np.asarray(signatures, np.uint64),
-             "angle": np.asarray(angles, np.uint8), "scale": np.asarray(scales, np.uint8)})
-        return cls(inv, idf.astype(np.float32), norms.astype(np.float32))
+        check_lengths(offsets, words=words, signatures=signatures, angles=angles,
+                      scales=scales)
+        blocks = image_blocks(offsets, block_features)
+        lengths = np.zeros(n_words, np.int64)  # pass 1: postings and images of each word
+        df = np.zeros(n_words, np.int64)
+        for *_, word, tf in block_vectors(words, offsets, n_words, blocks):
+            # a word's postings are its features: the sum of its term counts (exact)
+            lengths += np.bincount(word, weights=tf, minlength=n_words).astype(np.int64)
+            df += np.bincount(word, minlength=n_words)
+        idf = idf_of(df, n)
+        norms = new_array(folder, "norms", np.float32, (n,))
+
+        def postings() -> Iterator[PostingBlock]:  # pass 2: the features, and the norms
+            for begin, end, image, word, tf in block_vectors(words, offsets, n_words, blocks):
+                norms[begin:end] = np.sqrt(np.bincount(
+                    image, weights=(tf * idf[word]) ** 2, minlength=end - begin))
+                lo, hi = int(offsets[begin]), int(offsets[end])
+                feature_image = np.repeat(np.arange(begin, end, dtype=np.int64),
+                                          np.diff(offsets[begin:end + 1]))
+                yield (read_rows(words, lo, hi), feature_image,
+                       {"signature": read_rows(signatures, lo, hi),
+                        "angle": read_rows(angles, lo, hi),
+                        "scale": read_rows(scales, lo, hi)})
+
+        inv = InvertedFile.from_blocks(lengths, postings(), n, POSTING_COLUMNS, folder)
+        stored_idf = new_array(folder, "idf", np.float32, (n_words,))
+        stored_idf[:] = idf
+        return cls(inv, stored_idf, norms)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The index as artifact values (`from_arrays`): the inverted file's arrays,
+        `idf` and `norms`."""
+        return {**self.invfile.arrays(), "idf": self.idf, "norms": self.norms}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any]) -> HammingIndex:
+        """The index `arrays` describes (memory-mapped arrays stay mapped)."""
+        norms = arrays["norms"]
+        return cls(InvertedFile.from_arrays(arrays, len(norms), POSTING_COLUMNS),
+                   arrays["idf"], norms)
 
     @property
     def n_images(self) -> int:
@@ -444,7 +499,8 @@ class HammingIndex:
                k: int, settings: ScanSettings, progress: Any = None
                ) -> tuple[np.ndarray, np.ndarray, int]:
         """Top-k (ranks int64[nq, k'], scores float32[nq, k'], postings scanned) of queries
-        given as (words, signatures, angle codes, scale codes); ties to the lower index."""
+        given as (words, signatures, angle codes, scale codes); ties to the lower index.
+        The pages of a memory-mapped index read by a query are released after it."""
         nq = len(queries)
         k = min(int(k), self.n_images)
         ranks = np.zeros((nq, k), np.int64)
@@ -452,6 +508,7 @@ class HammingIndex:
         scanned = 0
         for qi, q in enumerate(queries):
             scores, m = self.scores(*q, settings)
+            self.invfile.release()
             scanned += m
             if k:
                 r, t = topk_from_scores(scores[None], k)
@@ -545,10 +602,23 @@ class HeWgcMethod(HammingEmbeddingMethod):
         self._index: HammingIndex | None = None
 
     def index(self, database: Sequence[Image]) -> None:
+        """Build (or load from the cache, memory-mapped) the database's inverted file."""
         words, offsets = self.prepare_database(database, keep_features=True)
-        sig, ang, sca = self.embedded("database", database, words)
+        self.ensure_embedding()
+        n_words = self._vocabulary.size
+
+        def write(folder: Path | None) -> dict[str, np.ndarray]:
+            sig, ang, sca = self.embedded("database", database, words)
+            self.forget_features()
+            return HammingIndex.build(words, offsets, n_words, sig, ang, sca,
+                                      folder=folder).arrays()
+
+        art = self.cached_files(INDEX_STAGE, write,
+                                inputs={"embedding": self._embedding_id,
+                                        "vocabulary": self._vocabulary_id,
+                                        "features": self.features_id(database)})
         self.forget_features()
-        self._index = HammingIndex.build(words, offsets, self._vocabulary.size, sig, ang, sca)
+        self._index = HammingIndex.from_arrays(art)
         inv = self._index.invfile
         self._info.update({
             "postings": int(inv.n_postings),
