@@ -311,7 +311,7 @@ def cop_counts(query_xy: np.ndarray, query_angle: np.ndarray, query_scale: np.nd
     unit = 2 * len(options.sector_counts)
     min_mean_weight = options.min_group_consistency * unit
     slack = 1e-9 * max(1.0, float(min_mean_weight))
-    for group in size_groups(sizes[big], lambda m: 12 * m * m):
+    for group in size_groups(sizes[big], lambda m: m * m, budget=1 << 15):
         images = big[group]
         starts, m = offsets[images], sizes[images]
         width = int(m.max())
