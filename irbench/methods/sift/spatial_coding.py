@@ -327,8 +327,8 @@ def spatial_coding_counts(query_xy: np.ndarray, db_xy: np.ndarray, offsets: np.n
     big = np.flatnonzero(sizes >= 2)
     frames = [90.0 * k / int(options.frames) for k in range(int(options.frames))]
     alphas = [j * float(options.query_rotation_step) for j in range(int(options.query_rotations))]
-    cells = len(alphas) * 4
-    for group in size_groups(sizes[big], lambda m: cells * m * m):
+    cells = len(alphas) * 4  # bytes per (t, i) of one image: counts, map buffer, ranks
+    for group in size_groups(sizes[big], lambda m: cells * m * m, budget=1 << 24):
         images = big[group]
         out[images] = _group_counts(q, d, offsets[images], sizes[images], frames, alphas)
     return out
