@@ -187,9 +187,10 @@ def _prepared(name, ds, **config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VERIFIERS)
-def test_verification_at_once_ranks_as_image_by_image_on_real_photographs(name):
-    # demo's images are rendered photographs of objects; the Hamming filter changes the
-    # matches, k < shortlist lets images be pruned
+def test_verification_at_once_ranks_as_image_by_image_on_demo(name):
+    # demo: crops of real photographs pasted into cluttered scenes (SIFT matches of real
+    # image content); the Hamming filter changes the matches, k < shortlist lets images be
+    # pruned
     ds = _demo()
     for config in ({}, {"match_hamming_threshold": 22}):
         method, per_query = _prepared(name, ds, shortlist=12, **config)
