@@ -19,14 +19,25 @@ keypoint positions), then, in one run:
    vectors of its default dimension, 32,768-D: 20,000 by default, 2.6 GB; 100,000
    would need 13 GB, so the 100k figure printed beside it is that time x 5, exact
    search being linear in the database size).
+5. Verification alone, per query, for the three verifiers: the straightforward form
+   (`rerank_query(..., reference=True)`: per image, tentative matches and `inliers`) against
+   the array form (`verify_shortlist`: the whole shortlist's matches at once,
+   `inlier_counts` over many images), for a top-100 re-ranking (images that cannot enter
+   it are pruned) and for a full one (no pruning); medians over the queries, the ratios,
+   and a check that all three give identical ranks and scores. The CPU model and the load
+   average are printed with it: timings on a shared machine are only comparable within
+   one run.
 
     python benchmarks/bench_sift_baselines.py [--images 100000] [--features 100]
+    python benchmarks/bench_sift_baselines.py --verification-only [--images 20000]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import time
 
 import numpy as np
@@ -115,6 +126,61 @@ def median_time(fn, items) -> tuple[float, list]:
     return statistics.median(times), outs
 
 
+def cpu_model() -> str:
+    """The CPU model as lscpu names it (else platform's guess)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        import platform
+
+        return platform.processor() or "unknown CPU"
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def verification_table(words, offsets, geom, queries, shortlist: int, k: int) -> None:
+    """Per-query verification seconds of each verifier: straightforward vs array form."""
+    n_images = len(offsets) - 1
+    vocab = int(words.max()) + 1
+    bow = TfIdfIndex.build(words, offsets, vocab)
+    one = np.array([0, len(queries[0][0][0])])
+    first = [bow.scores(q[0][0], one)[0] for q in queries]
+    print(f"\nverification of a {shortlist:,}-image shortlist, seconds per query (median of "
+          f"{len(queries)}; {cpu_model()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at the start):")
+    print(f"  {'method':18s} {'naive':>8s} {'top-' + str(k):>8s} {'ratio':>7s} "
+          f"{'full':>8s} {'ratio':>7s}  identical  pruned/query")
+    for name in VERIFIERS:
+        cls = METHODS.get(name)
+        method = cls(cls.Config(shortlist=shortlist), RunContext.in_memory())
+        method.load_index(bow, geom, words, offsets)
+        times: dict[str, list[float]] = {"naive": [], "top": [], "full": []}
+        same, pruned = True, []
+        for q, scores in zip(queries, first, strict=True):
+            q_words, q_geom = q[0][0], q[1]
+            runs = {}
+            for label, kk, reference in (("naive", k, True), ("top", k, False),
+                                         ("full", n_images, False)):
+                t = time.perf_counter()
+                runs[label] = method.rerank_query(q_words, q_geom, scores, kk,
+                                                  reference=reference)
+                times[label].append(time.perf_counter() - t)
+            for label in ("top",):
+                same &= bool(np.array_equal(runs[label][0], runs["naive"][0])
+                             and np.array_equal(runs[label][1], runs["naive"][1]))
+            full_ref = method.rerank_query(q_words, q_geom, scores, n_images, reference=True)
+            same &= bool(np.array_equal(runs["full"][0], full_ref[0])
+                         and np.array_equal(runs["full"][1], full_ref[1]))
+            pruned.append(int(runs["naive"][2][0] - runs["top"][2][0]))
+        med = {label: statistics.median(v) for label, v in times.items()}
+        print(f"  {name:18s} {med['naive']:8.3f} {med['top']:8.3f} "
+              f"{med['naive'] / med['top']:6.1f}x {med['full']:8.3f} "
+              f"{med['naive'] / med['full']:6.1f}x  {'yes' if same else 'NO':9s}  "
+              f"{statistics.median(pruned):.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=100_000)
@@ -127,8 +193,18 @@ def main() -> None:
     ap.add_argument("--vlad-images", type=int, default=20_000,
                     help="database size of the vlad-intra latency")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verification-only", action="store_true",
+                    help="only part 5 (verification, straightforward vs array form)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
+    if args.verification_only:
+        words, offsets, sig, ang, sca, geom = synthetic_index(rng, args.images, args.features,
+                                                              args.vocab)
+        queries = [synthetic_query(rng, words, sig, ang, sca, geom, args.features,
+                                   args.query_features, args.vocab)
+                   for _ in range(args.queries)]
+        verification_table(words, offsets, geom, queries, args.shortlist, 100)
+        return
 
     t = time.perf_counter()
     words, offsets, sig, ang, sca, geom = synthetic_index(rng, args.images, args.features,
@@ -199,6 +275,7 @@ def main() -> None:
         print(f"  {'vlad-intra':18s} {lat * 1e3:9.1f} ms  ({n_vlad:,} x {dim}-D, exact search; "
               f"x{args.images / n_vlad:.1f} for {args.images:,} images: "
               f"~{lat * args.images / n_vlad * 1e3:.0f} ms)")
+    verification_table(words, offsets, geom, queries, args.shortlist, 100)
 
 
 if __name__ == "__main__":

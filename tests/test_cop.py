@@ -17,6 +17,7 @@ from irbench.methods.sift.cop import (
     CopOptions,
     consistent_group,
     cop_consistency,
+    cop_counts,
     cop_inliers,
 )
 
@@ -315,3 +316,29 @@ def test_options_are_documented_config_fields():
     assert fields["sector_quantization"]["choices"] == ["hard", "soft"]
     assert all(f["help"] for f in fields.values())
     assert isinstance(CopOptions().sector_counts, tuple)
+
+
+@pytest.mark.parametrize("options", [
+    CopOptions(),
+    CopOptions(sector_quantization="soft"),
+    CopOptions(sector_counts=(3, 5), min_group_consistency=0.3, min_group_size=4),
+])
+def test_counts_of_many_images_equal_the_one_image_verification(options):
+    rng = np.random.default_rng(9)
+    parts = []
+    for j, m in enumerate([0, 1, 2, 3, *rng.integers(2, 60, 30).tolist()]):
+        n_true = int(rng.integers(min(m, 1), m + 1))  # the helper needs a true match
+        *args, _ = synthetic_matches(j, None if j % 2 else 45.0 * j, n_true=n_true,
+                                     n_false=m - n_true) if m else [
+            np.zeros((0, 2)), np.zeros(0), np.zeros(0), np.zeros((0, 2)), np.zeros(0),
+            np.zeros(0), None]
+        if j % 5 == 4:  # coincident keypoints
+            args = [np.round(a / 60) * 60 if a.ndim == 2 else a for a in args]
+        parts.append(args)
+    joined = [np.concatenate([p[i] for p in parts]) for i in range(6)]
+    offsets = np.concatenate([[0], np.cumsum([len(p[1]) for p in parts])])
+    counts = cop_counts(*joined, offsets, options)
+    reference = [int(cop_inliers(*(a[lo:hi] for a in joined), options).sum())
+                 for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)]
+    np.testing.assert_array_equal(counts, reference)
+    assert len(set(counts.tolist())) > 5

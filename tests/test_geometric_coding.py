@@ -12,6 +12,7 @@ from irbench.errors import ConfigError
 from irbench.methods.sift.geometric_coding import (
     GeometricCodingOptions,
     geo_maps,
+    geometric_coding_counts,
     geometric_coding_inliers,
 )
 
@@ -249,3 +250,27 @@ def test_a_thousand_matches_are_handled():
     keep = geometric_coding_inliers(*args)  # latency: benchmarks/bench_sift_baselines.py
     assert keep.shape == (1000,)
     assert keep[600:].mean() <= 0.1 and keep[:600].mean() >= 0.4  # strict rule: ~50% kept
+
+
+@pytest.mark.parametrize("options", [
+    GeometricCodingOptions(),
+    GeometricCodingOptions(max_inconsistency_fraction=0.05),
+    GeometricCodingOptions(square_scale_factor=4.0, square_count=2, fan_rotations=2),
+])
+def test_counts_of_many_images_equal_the_one_image_verification(options):
+    rng = np.random.default_rng(5)
+    parts = []
+    for j, m in enumerate([0, 1, 2, 3, *rng.integers(2, 60, 30).tolist()]):
+        n_true = int(rng.integers(0, m + 1))
+        args, _ = _scene(j, None if j % 2 else 90.0 * j, n_true=n_true, n_false=m - n_true,
+                         angle_noise=0.05 * (j % 3))
+        if j % 5 == 4:  # coincident keypoints and equal coordinates
+            args = tuple(np.round(a / 50) * 50 if a.ndim == 2 else a for a in args)
+        parts.append(args)
+    joined = [np.concatenate([p[i] for p in parts]) for i in range(6)]
+    offsets = np.concatenate([[0], np.cumsum([len(p[1]) for p in parts])])
+    counts = geometric_coding_counts(*joined, offsets, options)
+    reference = [int(geometric_coding_inliers(*(a[lo:hi] for a in joined), options).sum())
+                 for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)]
+    np.testing.assert_array_equal(counts, reference)
+    assert len(set(counts.tolist())) > 5

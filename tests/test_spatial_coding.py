@@ -12,6 +12,7 @@ from irbench.core.config import build_config
 from irbench.errors import ConfigError
 from irbench.methods.sift.spatial_coding import (
     SpatialCodingOptions,
+    spatial_coding_counts,
     spatial_coding_inliers,
     spatial_coding_single,
 )
@@ -206,6 +207,47 @@ def test_incremental_removal_matches_naive_recompute_in_rotated_frames(seed, fra
     keep = spatial_coding_single(q, d, frames)
     np.testing.assert_array_equal(keep, _naive(q, d, frames))
     assert 0 < keep.sum() < 30
+
+
+# -- many images at once against one at a time ---------------------------------------------
+
+
+def _segments(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matches of 30 images, concatenated: scenes with true and false matches (turned by
+    0 to 180 degrees), random ones and grids full of equal coordinates; m from 0 to 40."""
+    rng = np.random.default_rng(seed)
+    qs, ds = [], []
+    for j in range(30):
+        kind, m = j % 3, [0, 1, 2, 3][j] if j < 4 else int(rng.integers(2, 41))
+        if kind == 0:
+            n_true = int(rng.integers(0, m + 1))
+            q, d = _scene(seed * 100 + j, rotation=float(rng.uniform(0, 180)), n_true=n_true,
+                          n_false=m - n_true, noise=1.0)
+        elif kind == 1:
+            q, d = rng.uniform(0, 640, (m, 2)), rng.uniform(0, 640, (m, 2))
+        else:
+            q = rng.integers(0, 6, (m, 2)).astype(float)
+            d = 2.0 * q + 3.0
+            d[m // 2:] = rng.integers(0, 12, (m - m // 2, 2))
+        qs.append(q)
+        ds.append(d)
+    offsets = np.concatenate([[0], np.cumsum([len(q) for q in qs])])
+    return np.concatenate(qs), np.concatenate(ds), offsets
+
+
+@pytest.mark.parametrize(("seed", "options"), [
+    (0, SpatialCodingOptions()),
+    (1, SpatialCodingOptions()),
+    (2, SpatialCodingOptions(frames=4, query_rotations=5, query_rotation_step=33.0)),
+    (3, NO_ROTATION),
+])
+def test_counts_of_many_images_equal_the_one_image_verification(seed, options):
+    q, d, offsets = _segments(seed)
+    counts = spatial_coding_counts(q, d, offsets, options)
+    reference = [int(spatial_coding_inliers(q[a:b], d[a:b], options).sum())
+                 for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    np.testing.assert_array_equal(counts, reference)
+    assert counts.dtype == np.int64 and len(set(counts.tolist())) > 5
 
 
 # -- inputs, options, speed -------------------------------------------------------------------

@@ -7,12 +7,20 @@ import pytest
 
 from irbench.errors import ConfigError
 from irbench.methods.base import RunContext
+from irbench.methods.registry import METHODS
 from irbench.methods.sift.bow import BowMethod
+from irbench.methods.sift.invfile import TfIdfIndex
 from irbench.methods.sift.verification import (
+    Geometry,
     VerificationMethod,
+    _geometry,
     rerank,
+    shortlist_matches,
     tentative_matches,
+    word_multiplicity,
 )
+
+VERIFIERS = ("spatial-coding", "geometric-coding", "cop")
 
 
 def _sorted(words):
@@ -123,3 +131,116 @@ def test_hamming_filter_through_the_method():
     _, _, plain = _ranks(_AcceptAll, ds, shortlist=4)
     _, _, filtered = _ranks(_AcceptAll, ds, shortlist=4, match_hamming_threshold=22)
     assert 0 < filtered["tentative_matches"] < plain["tentative_matches"]
+
+
+# -- the shortlist at once against image by image ------------------------------------------
+
+
+@pytest.mark.parametrize("hamming_threshold", [None, 20])
+def test_shortlist_matches_equal_tentative_matches_image_by_image(hamming_threshold):
+    rng = np.random.default_rng(3)
+    n_images, vocab = 40, 30  # a small vocabulary: repeated words, bursts and the cap
+    sizes = rng.integers(0, 60, n_images)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    words = rng.integers(0, vocab, offsets[-1])
+    image = np.repeat(np.arange(n_images), sizes)
+    order = np.lexsort((words, image))
+    sorted_words = words[order]
+    query = rng.integers(0, vocab + 5, 80)  # some words no image has
+    q_sig = rng.integers(0, 1 << 32, len(query), dtype=np.uint64)
+    d_sig = rng.integers(0, 1 << 32, len(words), dtype=np.uint64)
+    hamming = None if hamming_threshold is None else (q_sig, d_sig, hamming_threshold)
+    images = rng.permutation(n_images)[:30]
+    q_idx, d_idx, starts = shortlist_matches(query, images, offsets, sorted_words, order,
+                                             max_pairs_per_word=6, max_matches=25,
+                                             hamming=hamming)
+    capped = 0
+    for j, i in enumerate(images):
+        a, b = offsets[i], offsets[i + 1]
+        want = tentative_matches(query, sorted_words[a:b], order[a:b], 6, 25,
+                                 word_multiplicity(query), hamming)
+        np.testing.assert_array_equal(q_idx[starts[j]:starts[j + 1]], want[0])
+        np.testing.assert_array_equal(d_idx[starts[j]:starts[j + 1]], want[1])
+        capped += len(want[0]) == 25
+    assert capped >= 3 and (np.diff(starts) == 0).any()
+
+
+def _prepared(name, ds, **config):
+    """A verifier indexed on `ds`, and per query (words, geometry, first-stage scores,
+    signatures)."""
+    cls = METHODS.get(name)
+    method = cls(cls.Config(**config), RunContext.in_memory(dataset_id="demo@test"))
+    method.fit(ds.train)
+    method.index(ds.database)
+    words, offsets = method.words("queries", ds.queries)
+    geometry = _geometry(method.features("queries", ds.queries))
+    first = method._first_stage_scores(ds.queries, words, offsets)
+    sig = (method.embedded("queries", ds.queries, words)[0]
+           if method._filters_by_hamming else None)
+    per_query = []
+    for qi in range(len(ds.queries)):
+        a, b = int(offsets[qi]), int(offsets[qi + 1])
+        per_query.append((words[a:b], geometry.take(np.arange(a, b)), first[qi],
+                          None if sig is None else sig[a:b]))
+    return method, per_query
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VERIFIERS)
+def test_verification_at_once_ranks_as_image_by_image_on_demo(name):
+    # demo: crops of real photographs pasted into cluttered scenes (SIFT matches of real
+    # image content); the Hamming filter changes the matches, k < shortlist lets images be
+    # pruned
+    ds = _demo()
+    for config in ({}, {"match_hamming_threshold": 22}):
+        method, per_query = _prepared(name, ds, shortlist=12, **config)
+        for words, geometry, first, sig in per_query:
+            for k in (3, 12, len(first)):
+                new = method.rerank_query(words, geometry, first, k, sig)
+                old = method.rerank_query(words, geometry, first, k, sig, reference=True)
+                np.testing.assert_array_equal(new[0], old[0])
+                np.testing.assert_array_equal(new[1], old[1])
+                np.testing.assert_array_equal(new[2][1], old[2][1])  # tentative matches
+
+
+@pytest.mark.parametrize("name", VERIFIERS)
+def test_pruning_keeps_the_top_k_on_random_matches(name):
+    rng = np.random.default_rng(1)
+    n_images, per_image, vocab = 100, 40, 400
+    words = rng.integers(0, vocab, n_images * per_image)
+    offsets = np.arange(n_images + 1) * per_image
+    geometry = Geometry(*(rng.uniform(lo, hi, len(words)).astype(np.float32)
+                          for lo, hi in ((0, 640), (0, 480), (0, 2 * np.pi), (2, 40))))
+    first = TfIdfIndex.build(words, offsets, vocab)
+    cls = METHODS.get(name)
+    method = cls(cls.Config(shortlist=60), RunContext.in_memory())
+    method.load_index(first, geometry, words, offsets)
+    q_words = np.concatenate([words[:40], rng.integers(0, vocab, 60)])
+    q_geometry = geometry.take(np.r_[np.arange(40), rng.integers(0, len(words), 60)])
+    scores = first.scores(q_words, np.array([0, len(q_words)]))[0]
+    pruned = []
+    for k in (1, 2, 5, 20):
+        new = method.rerank_query(q_words, q_geometry, scores, k)
+        old = method.rerank_query(q_words, q_geometry, scores, k, reference=True)
+        np.testing.assert_array_equal(new[0], old[0])
+        np.testing.assert_array_equal(new[1], old[1])
+        pruned.append(int(old[2][0] - new[2][0]))
+    # image 0 shares 40 features with the query; at k = 1 the images verified after it
+    # have fewer tentative matches than it keeps, and the rest are skipped
+    assert pruned[0] > 0 and min(pruned) >= 0
+
+
+@pytest.mark.slow
+def test_queries_in_two_workers_rank_as_in_one():
+    ds = _demo()
+    cls = METHODS.get("spatial-coding")
+    out = []
+    for workers in (1, 2):
+        method = cls(cls.Config(shortlist=10, match_hamming_threshold=22),
+                     RunContext.in_memory(dataset_id="demo@test", workers=workers))
+        method.fit(ds.train)
+        method.index(ds.database)
+        out.append((*method.query(ds.queries, 8), method.info()))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    assert out[0][2]["kept_matches"] == out[1][2]["kept_matches"] > 0

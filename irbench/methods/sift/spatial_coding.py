@@ -35,8 +35,16 @@ the image score, computed by the caller).
 Implementation: Σ_k Vx and Σ_k Vy are built once per query rotation as m×m uint8 count
 matrices (numpy broadcasting on dense coordinate ranks; the database side is shared by all
 rotations); removing match t subtracts its column, S(i) -= Σ_k V(i, t, k), one O(m) step per
-removal, O(r·m²) in all. Removed matches are never selected again (timings:
-`python benchmarks/bench_sift_baselines.py`).
+removal, O(r·m²) in all. Removed matches are never selected again.
+
+Two forms, giving the same result: `spatial_coding_inliers` verifies one image, rotation
+after rotation (the straightforward form, and the reference); `spatial_coding_counts`, which
+the method uses, gives only the number kept (the image score) for a whole shortlist at
+once: images of similar m are padded to one size and stacked with all their rotations, the
+maps of every (image, rotation) are built by one broadcast per frame and axis, and the
+removal runs in lockstep over all of them (one argmax per row and step). The sums are
+integers and every row removes in `_verify`'s order, so the counts are exact; the tests
+compare both forms, and `benchmarks/bench_sift_baselines.py` times them.
 
 Behaviour: zero tolerance by design. Removal stops only when no inconsistency is left, and a
 pair whose direction lies near an axis of a frame changes side under a small turn or a
@@ -78,7 +86,9 @@ Choices the paper leaves open, with the choice made:
   of the rotation keeping the most matches, ties to the smallest rotation (j = 0: none).
 - Search over rotations (exact shortcuts, same result as verifying every rotation): stop once
   a rotation keeps all m matches, and abandon a rotation as soon as its remaining matches are
-  no more than the best kept so far (it can no longer win).
+  no more than the best kept so far (it can no longer win). `spatial_coding_counts` runs the
+  rotations side by side and drops one once its remaining matches are no more than what
+  another rotation of the image ended with (the count, not the mask, is wanted there).
 - No minimum number of matches: the image score is the number of matches kept (one match is
   always consistent with itself); thresholds, if any, belong to the caller.
 - Re-extracting SIFT from rotated query images (the other reading of "rotating the query")
@@ -100,9 +110,15 @@ import numpy as np
 from irbench.core.config import param
 from irbench.errors import ConfigError
 from irbench.methods.base import QUERY_STAGE
-from irbench.methods.sift.verification import Geometry, VerificationConfig, VerificationMethod
+from irbench.methods.sift.verification import (
+    Geometry,
+    VerificationConfig,
+    VerificationMethod,
+    size_groups,
+)
 
-__all__ = ["SpatialCodingOptions", "spatial_coding_single", "spatial_coding_inliers"]
+__all__ = ["SpatialCodingOptions", "spatial_coding_single", "spatial_coding_inliers",
+           "spatial_coding_counts"]
 
 MAX_FRAMES = 255
 """Counts of inconsistent frames are stored as uint8."""
@@ -289,6 +305,144 @@ def spatial_coding_inliers(query_xy: np.ndarray, db_xy: np.ndarray,
     return best
 
 
+def spatial_coding_counts(query_xy: np.ndarray, db_xy: np.ndarray, offsets: np.ndarray,
+                          options: SpatialCodingOptions = SpatialCodingOptions()
+                          ) -> np.ndarray:
+    """int64[n]: for each of n images (matches offsets[j]:offsets[j + 1] of the rows of
+    `query_xy` and `db_xy`), how many matches `spatial_coding_inliers` keeps, computed for
+    many images and all query rotations at once (equal to it, tested).
+
+    Images of similar m are padded to one size M and stacked: the dense ranks, the
+    maps and the count matrices of every (image, rotation) are one array each, and the
+    removal runs in lockstep over them (each step: the argmax of every row, the removed
+    match's count row gathered and subtracted), a row leaving once a round removes nothing.
+    Counts are integers and each row follows `_verify`'s order of removal (the same
+    lexicographic key), so the counts are exact. Only the count is needed (the best over
+    rotations), so a rotation is dropped once its remaining matches are no more than the
+    count another rotation of its image ended with: it cannot end above it."""
+    q, d = _as_points(query_xy, db_xy)
+    offsets = np.asarray(offsets, np.int64)
+    sizes = np.diff(offsets)
+    out = sizes.copy()  # m <= 1: every match is kept
+    big = np.flatnonzero(sizes >= 2)
+    frames = [90.0 * k / int(options.frames) for k in range(int(options.frames))]
+    alphas = [j * float(options.query_rotation_step) for j in range(int(options.query_rotations))]
+    cells = len(alphas) * 4  # bytes per (t, i) of one image: counts, map buffer, ranks
+    for group in size_groups(sizes[big], lambda m: cells * m * m, budget=1 << 24):
+        images = big[group]
+        out[images] = _group_counts(q, d, offsets[images], sizes[images], frames, alphas)
+    return out
+
+
+def _padded_centred(points: np.ndarray, starts: np.ndarray, sizes: np.ndarray, width: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """x and y float64[B, width] of each image's points minus their mean (`_Maps`' centring,
+    the same `mean` call on the same rows), zero past each image's m."""
+    out = np.zeros((len(sizes), width, 2))
+    for b, (a, m) in enumerate(zip(starts.tolist(), sizes.tolist(), strict=True)):
+        rows = np.array(points[a:a + m])
+        out[b, :m] = rows - rows.mean(axis=0)
+    return out[..., 0], out[..., 1]
+
+
+def _batch_ranks(v: np.ndarray, valid: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """`_ranks` of every row of v (float64[..., M], the first sizes[...] entries valid):
+    int32, equal to `_ranks(v[row, :m])` on the valid entries; padding gets rank M in
+    every row, so a padded match agrees with every match in every map."""
+    width = v.shape[-1]
+    v = np.where(valid, v, np.inf)
+    order = np.argsort(v, axis=-1, kind="stable")
+    sv = np.take_along_axis(v, order, axis=-1)
+    last = np.take_along_axis(sv, (sizes - 1)[..., None], axis=-1)[..., 0]
+    tol = TIE_TOLERANCE * np.maximum(np.abs(sv[..., 0]), np.abs(last))
+    steps = np.zeros(v.shape, np.int32)
+    with np.errstate(invalid="ignore"):  # inf - inf between paddings
+        np.cumsum(np.diff(sv, axis=-1) > tol[..., None], axis=-1, out=steps[..., 1:])
+    ranks = np.empty(v.shape, np.int32)
+    np.put_along_axis(ranks, order, steps, axis=-1)
+    ranks[~np.broadcast_to(valid, v.shape)] = width
+    return ranks
+
+
+def _group_counts(q: np.ndarray, d: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+                  frames: list[float], alphas: list[float]) -> np.ndarray:
+    """`spatial_coding_counts` of B images padded to their largest m (m >= 2)."""
+    n_img, width, n_rot = len(sizes), int(sizes.max()), len(alphas)
+    valid = np.arange(width) < sizes[:, None]  # [B, M]
+    qx, qy = _padded_centred(q, starts, sizes, width)
+    dx, dy = _padded_centred(d, starts, sizes, width)
+    counts = (np.zeros((n_img, n_rot, width, width), np.uint8),
+              np.zeros((n_img, n_rot, width, width), np.uint8))
+    rot_valid = np.broadcast_to(valid[:, None], (n_img, n_rot, width))
+    rot_sizes = np.broadcast_to(sizes[:, None], (n_img, n_rot))
+    buf = np.empty((n_img, n_rot, width, width), bool)
+    for theta in frames:
+        c, s = _cos_sin(theta)
+        db_turned = (c * dx - s * dy, s * dx + c * dy)
+        cs = np.array([_cos_sin(alpha + theta) for alpha in alphas])  # [R, 2]
+        cq, sq = cs[None, :, 0, None], cs[None, :, 1, None]
+        x, y = qx[:, None], qy[:, None]
+        q_turned = (cq * x - sq * y, sq * x + cq * y)
+        for axis in range(2):
+            r = _batch_ranks(db_turned[axis], valid, sizes)
+            db_order = r[:, None, None, :] >= r[:, None, :, None]  # [B, 1, t, i]
+            r = _batch_ranks(q_turned[axis], rot_valid, rot_sizes)
+            np.greater_equal(r[..., None, :], r[..., :, None], out=buf)
+            np.bitwise_xor(buf, db_order, out=buf)
+            np.add(counts[axis], buf.view(np.uint8), out=counts[axis])
+    del buf
+    cx, cy = (c.reshape(n_img * n_rot, width, width) for c in counts)
+    return _lockstep_removal(cx, cy, np.repeat(valid, n_rot, axis=0), n_rot)
+
+
+_DEAD_KEY = -(1 << 62)
+"""Removal key of removed and padded matches (far below any live key, whatever is
+subtracted from it later)."""
+
+
+def _lockstep_removal(cx: np.ndarray, cy: np.ndarray, alive: np.ndarray, n_rot: int
+                      ) -> np.ndarray:
+    """`_verify` on every row p at once (count matrices cx[p], cy[p], live matches
+    alive[p]); returns, per image (rows p // n_rot), the largest number of matches a row
+    keeps. The x-step takes the largest key S_x·W + S_y (then the lower index), the y-step
+    S_y·W + S_x, W exceeding any sum (`_verify`'s order); both keys are kept up to date
+    (removing t subtracts row t of cx·W + cy, resp. cy·W + cx)."""
+    n_rows, width = alive.shape
+    weight = (MAX_FRAMES + 1) * width
+    best = np.zeros(n_rows // n_rot, np.int64)
+    rows = np.arange(n_rows)
+    sx = cx.sum(axis=1, dtype=np.int64)  # S(i) = sum over t of [t, i]
+    sy = cy.sum(axis=1, dtype=np.int64)
+    key_x = sx * weight + sy
+    key_y = sy * weight + sx
+    key_x[~alive] = _DEAD_KEY
+    key_y[~alive] = _DEAD_KEY
+    kept = alive.sum(axis=1)
+    while len(rows):
+        removed = np.zeros(len(rows), bool)
+        here = np.arange(len(rows))
+        for main in (key_x, key_y):
+            t = np.argmax(main, axis=1)
+            act = main[here, t] >= weight  # the largest live S on this axis is > 0
+            if not act.any():
+                continue
+            sel, tt = (here, t) if act.all() else (here[act], t[act])
+            row_x = cx[rows[sel], tt].astype(np.int64)
+            row_y = cy[rows[sel], tt].astype(np.int64)
+            key_x[sel] -= row_x * weight + row_y
+            key_y[sel] -= row_y * weight + row_x
+            key_x[sel, tt] = key_y[sel, tt] = _DEAD_KEY
+            kept -= act
+            removed |= act
+        image = rows // n_rot
+        done = ~removed
+        if done.any():
+            np.maximum.at(best, image[done], kept[done])
+            stay = removed & (kept > best[image])  # else it cannot end above `best`
+            rows, key_x, key_y, kept = rows[stay], key_x[stay], key_y[stay], kept[stay]
+    return best
+
+
 # -- the method -----------------------------------------------------------------------
 
 
@@ -308,3 +462,7 @@ class SpatialCodingMethod(VerificationMethod):
 
     def inliers(self, query: Geometry, database: Geometry) -> np.ndarray:
         return spatial_coding_inliers(query.xy, database.xy, self.options)
+
+    def inlier_counts(self, query: Geometry, database: Geometry, offsets: np.ndarray
+                      ) -> np.ndarray:
+        return spatial_coding_counts(query.xy, database.xy, offsets, self.options)

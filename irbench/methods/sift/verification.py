@@ -44,6 +44,23 @@ true image and 6 to 10 of the best unrelated ones (which have up to 135 tentativ
 and the best of 20 query rotations); geometric coding keeps 2 to 15 against 4 to 5. The
 count then no longer separates right from wrong, and the first stage's order is lost.
 
+How a query is verified (the result is that of verifying image by image, which
+`rerank_query(..., reference=True)` still does, for tests and benchmarks):
+
+- the tentative matches of the whole shortlist are formed at once (`shortlist_matches`: the
+  images' features looked up among the query's words, one lexsort into the per-image order);
+- each verifier counts the matches it keeps in many images per call (`inlier_counts`:
+  `spatial_coding_counts`, `geometric_coding_counts`, `cop_counts`, array code over images
+  of similar match counts; the base class loops over `inliers`);
+- when fewer than `shortlist` images are ranked (k < shortlist), images are verified in
+  order of decreasing tentative-match count, and those that cannot enter the top k are
+  skipped (`verify_shortlist` gives the argument); with the default full ranking nothing
+  is skipped;
+- queries are verified in `context.workers` processes (`irbench.core.parallel`); the
+  database's words and geometry are written once to a temporary folder the workers map into
+  memory, and each query ships only its own features and shortlist. Each query's result
+  depends on that query alone, so the rankings do not depend on the number of workers.
+
 `match_hamming_threshold` (off by default: 64 >= `signature_bits`) keeps only the pairs
 whose Hamming-embedding signatures (`hamming.HammingEmbedding`) are within that many
 bits, before the cap: not in the verification papers, but it removes most false pairs
@@ -54,17 +71,20 @@ of pairs per image, nearly all false).
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from irbench.core.config import param
+from irbench.core.parallel import parallel_map
 from irbench.core.search import topk_from_scores
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
-from irbench.methods.base import QUERY_STAGE
+from irbench.methods.base import QUERY_STAGE, RunContext
 from irbench.methods.sift.hamming import (
     HammingEmbeddingMethod,
     HammingIndex,
@@ -80,10 +100,17 @@ __all__ = [
     "VerificationConfig",
     "Geometry",
     "tentative_matches",
+    "shortlist_matches",
     "word_multiplicity",
+    "relative_scores",
     "rerank",
+    "size_groups",
     "VerificationMethod",
 ]
+
+
+PRUNE_CHUNK = 50
+"""With pruning, images are verified this many (or k) at a time between two prunings."""
 
 
 @dataclass(frozen=True)
@@ -179,14 +206,105 @@ def tentative_matches(query_words: np.ndarray, db_sorted_words: np.ndarray,
     return q_idx, d_idx
 
 
+def shortlist_matches(query_words: np.ndarray, images: np.ndarray, db_offsets: np.ndarray,
+                      db_sorted_words: np.ndarray, db_order: np.ndarray,
+                      max_pairs_per_word: int, max_matches: int,
+                      hamming: tuple[np.ndarray, np.ndarray, int] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`tentative_matches` of one query against many database images at once: (query
+    feature indices, database feature indices, offsets int64[len(images) + 1]); image
+    j's matches are the slice offsets[j]:offsets[j + 1], in the same order as
+    `tentative_matches` on that image alone. `db_sorted_words` are the database features'
+    words sorted by (image, word), image i's being the slice db_offsets[i]:db_offsets[i+1],
+    and `db_order` the feature index of each. The images' features are looked up in the
+    query's sorted words (one `searchsorted` into the small query), the pairs are expanded
+    and put in `tentative_matches`' order by one lexsort."""
+    qw = np.asarray(query_words, np.int64)
+    images = np.asarray(images, np.int64)
+    n_images = len(images)
+    q_order = np.argsort(qw, kind="stable")
+    q_sorted = qw[q_order]
+    starts = np.asarray(db_offsets, np.int64)[images]
+    lengths = np.asarray(db_offsets, np.int64)[images + 1] - starts
+    pos = ranges(starts, lengths)  # the images' features, sorted by (image, word)
+    image = np.repeat(np.arange(n_images, dtype=np.int64), lengths)
+    word = np.asarray(db_sorted_words, np.int64)[pos]
+    lo = np.searchsorted(q_sorted, word, side="left")
+    n_query = np.searchsorted(q_sorted, word, side="right") - lo
+    hit = np.flatnonzero(n_query)
+    pos, image, word, lo, n_query = pos[hit], image[hit], word[hit], lo[hit], n_query[hit]
+    # n_db: features of the same word in the same image (a run of equal (image, word))
+    new_run = np.ones(len(pos), bool)
+    new_run[1:] = (image[1:] != image[:-1]) | (word[1:] != word[:-1])
+    run = np.cumsum(new_run) - 1
+    n_db = np.bincount(run)[run] if len(run) else np.zeros(0, np.int64)
+    pairs_of_word = n_query * n_db
+    ok = np.flatnonzero(pairs_of_word <= max_pairs_per_word)
+    pos, image, lo, n_query, pairs_of_word = (pos[ok], image[ok], lo[ok], n_query[ok],
+                                              pairs_of_word[ok])
+    q_idx = q_order[ranges(lo, n_query)]
+    pos = np.repeat(pos, n_query)
+    image = np.repeat(image, n_query)
+    repeats = np.repeat(pairs_of_word, n_query)
+    order = np.lexsort((pos, q_idx, image))  # per image: query feature, then database order
+    q_idx, image, repeats = q_idx[order], image[order], repeats[order]
+    d_idx = np.asarray(db_order, np.int64)[pos[order]]
+    if hamming is not None:
+        q_sig, d_sig, threshold = hamming
+        close = np.bitwise_count(q_sig[q_idx] ^ d_sig[d_idx]) <= threshold
+        q_idx, d_idx, image, repeats = q_idx[close], d_idx[close], image[close], repeats[close]
+    sizes = np.bincount(image, minlength=n_images)
+    over = sizes > max_matches
+    if over.any():
+        # each capped image: a stable argsort of its `repeats`, the first max_matches kept
+        capped = np.flatnonzero(over[image])
+        order = capped[np.lexsort((capped, repeats[capped], image[capped]))]
+        capped_sizes = np.where(over, sizes, 0)
+        first = np.cumsum(capped_sizes) - capped_sizes  # where each image starts in order
+        rank = np.arange(len(order)) - first[image[order]]
+        keep = np.ones(len(q_idx), bool)
+        keep[order[rank >= max_matches]] = False
+        q_idx, d_idx = q_idx[keep], d_idx[keep]
+        sizes = np.minimum(sizes, max_matches)
+    offsets = np.zeros(n_images + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return q_idx, d_idx, offsets
+
+
+def size_groups(sizes: np.ndarray, cells_per_image: Any, budget: int = 1 << 22
+                ) -> list[np.ndarray]:
+    """Indices of `sizes` (match counts m of images) in groups of similar m, ascending, for
+    array code that pads a group to its largest m: a group's m grow by at most a tenth
+    (plus 8) from its first, and its images x `cells_per_image(largest m)` stay within
+    `budget` (one image per group at least)."""
+    order = np.argsort(np.asarray(sizes), kind="stable")
+    groups: list[np.ndarray] = []
+    start = 0
+    for end in range(1, len(order) + 1):
+        if end < len(order):
+            first, m = int(sizes[order[start]]), int(sizes[order[end]])
+            if m <= first * 1.1 + 8 and (end + 1 - start) * cells_per_image(m) <= budget:
+                continue
+        groups.append(order[start:end])
+        start = end
+    return groups
+
+
+def relative_scores(first_scores: np.ndarray) -> np.ndarray:
+    """s: first-stage scores divided by the query's best, float64 (zeros when the best is
+    not positive); `rerank`'s secondary key."""
+    n = len(first_scores)
+    best = float(first_scores.max()) if n else 0.0
+    return np.asarray(first_scores, np.float64) / best if best > 0 else np.zeros(n)
+
+
 def rerank(first_scores: np.ndarray, verified: np.ndarray, shortlist: np.ndarray, k: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """Final (ranks int64[k], scores float32[k]) of one query from its first-stage scores
     float[N], the shortlisted image indices and their verified match counts (ordering
     and scores as in the module doc)."""
     n = len(first_scores)
-    best = float(first_scores.max()) if n else 0.0
-    s = np.asarray(first_scores, np.float64) / best if best > 0 else np.zeros(n)
+    s = relative_scores(first_scores)
     short = np.asarray(shortlist, np.int64)
     in_short = np.zeros(n, bool)
     in_short[short] = True
@@ -233,6 +351,18 @@ class VerificationMethod(HammingEmbeddingMethod):
         """bool[m]: which of the m tentative matches (row i of `query` matches row i of
         `database`) are geometrically consistent."""
         raise NotImplementedError
+
+    def inlier_counts(self, query: Geometry, database: Geometry, offsets: np.ndarray
+                      ) -> np.ndarray:
+        """int64[n]: how many matches `inliers` keeps in each of n images, whose matches are
+        the rows offsets[j]:offsets[j + 1]. This loop over `inliers` is the reference;
+        the verifiers override it with array code over many images at once."""
+        out = np.zeros(len(offsets) - 1, np.int64)
+        for j, (a, b) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
+            if b > a:
+                rows = np.arange(a, b)
+                out[j] = np.count_nonzero(self.inliers(query.take(rows), database.take(rows)))
+        return out
 
     # -- the contract -----------------------------------------------------------------
 
@@ -288,36 +418,126 @@ class VerificationMethod(HammingEmbeddingMethod):
         k = min(int(k), n)
         depth = min(self.config.shortlist, n)
         nq = len(queries)
+        shortlists = [self.shortlist(scores) for scores in first]
+        tasks = []
+        for qi in range(nq):
+            a, b = int(offsets[qi]), int(offsets[qi + 1])
+            tasks.append((words[a:b], q_geometry.take(np.arange(a, b)), shortlists[qi][0],
+                          shortlists[qi][1], k,
+                          None if q_signatures is None else q_signatures[a:b]))
+        description = f"{self.name}: verify top {depth}"
+        workers = min(int(self.context.workers), nq)
+        if workers > 1:
+            with tempfile.TemporaryDirectory(prefix="irbench-verify-") as folder:
+                self._share_database(Path(folder))
+                spec = (type(self), self.config, folder)
+                results = parallel_map(_verify_in_worker, [(spec, t) for t in tasks],
+                                       workers=workers, progress=self.context.progress,
+                                       description=description, chunksize=1)
+        else:
+            results = []
+            with self.context.progress.task(description, total=nq) as advance:
+                for task in tasks:
+                    results.append(self.verify_shortlist(*task))
+                    advance(1)
         ranks = np.zeros((nq, k), np.int64)
         top = np.zeros((nq, k), np.float32)
-        totals = np.zeros(3, np.int64)
-        with self.context.progress.task(f"{self.name}: verify top {depth}", total=nq) as advance:
-            for qi in range(nq):
-                a, b = int(offsets[qi]), int(offsets[qi + 1])
-                ranks[qi], top[qi], stats = self.rerank_query(
-                    words[a:b], q_geometry.take(np.arange(a, b)), first[qi], k,
-                    None if q_signatures is None else q_signatures[a:b])
-                totals += stats
-                advance(1)
-        self._info.update({"verified_pairs": int(totals[0]),
+        totals = np.zeros(4, np.int64)
+        for qi, (counts, stats) in enumerate(results):
+            ranks[qi], top[qi] = rerank(first[qi], counts, shortlists[qi][0], k)
+            totals += stats
+        self._info.update({"verified_pairs": int(totals[0] - totals[3]),
                            "tentative_matches": int(totals[1]),
                            "kept_matches": int(totals[2]), "shortlist_used": depth})
+        if totals[3]:
+            self._info["pruned_pairs"] = int(totals[3])
         return ranks, top
 
+    def shortlist(self, first_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the shortlisted images int64[S], best first-stage score first, and their
+        `relative_scores`)."""
+        n = len(first_scores)
+        short = topk_from_scores(first_scores[None], min(self.config.shortlist, n))[0][0]
+        return short, relative_scores(first_scores)[short]
+
     def rerank_query(self, words: np.ndarray, geometry: Geometry, first_scores: np.ndarray,
-                     k: int, signatures: np.ndarray | None = None
+                     k: int, signatures: np.ndarray | None = None, reference: bool = False
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One query: verify its first-stage shortlist and re-rank (`signatures`: the
         query's HE signatures, needed when matches are filtered by Hamming distance).
         Returns (ranks int64[k], scores float32[k], [pairs verified, tentative matches,
-        matches kept])."""
-        hamming = None
-        if self._filters_by_hamming:
-            if signatures is None or self._db_signatures is None:
-                raise RuntimeError(f"{self.name}: match_hamming_threshold needs signatures")
-            hamming = (signatures, self._db_signatures, self.config.match_hamming_threshold)
-        n = len(first_scores)
-        shortlist = topk_from_scores(first_scores[None], min(self.config.shortlist, n))[0][0]
+        matches kept]). `reference=True` verifies image by image with `inliers` (the
+        straightforward form, kept to check `verify_shortlist` against)."""
+        shortlist, relative = self.shortlist(first_scores)
+        if reference:
+            counts, stats = self._verify_one_by_one(words, geometry, shortlist, signatures)
+        else:
+            counts, stats = self.verify_shortlist(words, geometry, shortlist, relative, k,
+                                                  signatures)
+        ranks, scores = rerank(first_scores, counts, shortlist, k)
+        return ranks, scores, np.array([stats[0] - stats[3], stats[1], stats[2]])
+
+    def verify_shortlist(self, words: np.ndarray, geometry: Geometry, shortlist: np.ndarray,
+                         relative: np.ndarray, k: int, signatures: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Verified match counts int64[S] of the shortlisted images (`relative`: their
+        `relative_scores`) for a top-k re-ranking, and [images, tentative matches, matches
+        kept, images pruned].
+
+        The tentative matches of every shortlisted image are formed at once
+        (`shortlist_matches`) and verified with `inlier_counts`, many images per call.
+        When k < S, images are verified in order of decreasing tentative-match count and
+        an image is skipped (pruned, count 0) once it cannot enter the top k. Why that
+        cannot change the ranking: with k < S the top k are all shortlisted (`rerank`
+        puts every shortlisted image above the rest) and are the k largest keys
+        (count, s, -index); a verifier keeps at most the m tentative matches it is given,
+        so (m, s, -index) bounds an image's key. Once k verified images have keys >= K
+        and an unverified image's bound is < K, its true key is < K too (at least k
+        images rank above it) and so is its key with count 0: the top k, their order and
+        their scores are those of the full verification. Only the statistics differ
+        (`kept_matches`, `verified_pairs`; `pruned_pairs` counts the skipped images)."""
+        hamming = self._hamming(signatures)
+        q_idx, d_idx, offsets = shortlist_matches(
+            words, shortlist, self._db_offsets, self._db_sorted_words, self._db_order,
+            self.config.max_pairs_per_word, self.config.max_matches, hamming)
+        sizes = np.diff(offsets)
+        n = len(shortlist)
+        counts = np.zeros(n, np.int64)
+
+        def verify(images: np.ndarray) -> None:
+            rows = ranges(offsets[images], sizes[images])
+            sub = np.zeros(len(images) + 1, np.int64)
+            np.cumsum(sizes[images], out=sub[1:])
+            counts[images] = self.inlier_counts(geometry.take(q_idx[rows]),
+                                                self._db_geometry.take(d_idx[rows]), sub)
+
+        pruned = 0
+        if k <= 0 or k >= n:
+            verify(np.arange(n))
+        else:
+            index = np.asarray(shortlist, np.int64)
+            pending = np.lexsort((index, -relative, -sizes))  # best bound first
+            chunk = max(k, PRUNE_CHUNK)
+            done = np.zeros(0, np.int64)
+            while len(pending):
+                step, pending = pending[:chunk], pending[chunk:]
+                verify(step)
+                done = np.concatenate([done, step])
+                if len(done) < k or not len(pending):
+                    continue
+                kth = done[np.lexsort((index[done], -relative[done], -counts[done]))[k - 1]]
+                bound, rel, idx = sizes[pending], relative[pending], index[pending]
+                c, r, i = counts[kth], relative[kth], index[kth]
+                beaten = (bound < c) | ((bound == c) & ((rel < r) | ((rel == r) & (idx > i))))
+                pruned += int(beaten.sum())
+                pending = pending[~beaten]
+        return counts, np.array([n, len(q_idx), int(counts.sum()), pruned], np.int64)
+
+    def _verify_one_by_one(self, words: np.ndarray, geometry: Geometry, shortlist: np.ndarray,
+                           signatures: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """`verify_shortlist` the straightforward way: per image, `tentative_matches` and
+        `inliers`; no pruning."""
+        hamming = self._hamming(signatures)
         counts = np.zeros(len(shortlist), np.int64)
         multiplicity = word_multiplicity(words)
         matches = 0
@@ -327,8 +547,15 @@ class VerificationMethod(HammingEmbeddingMethod):
             if len(q_idx):
                 mask = self.inliers(geometry.take(q_idx), self._db_geometry.take(d_idx))
                 counts[j] = int(np.count_nonzero(mask))
-        ranks, scores = rerank(first_scores, counts, shortlist, k)
-        return ranks, scores, np.array([len(shortlist), matches, int(counts.sum())])
+        return counts, np.array([len(shortlist), matches, int(counts.sum()), 0], np.int64)
+
+    def _hamming(self, signatures: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, int] | None:
+        if not self._filters_by_hamming:
+            return None
+        if signatures is None or self._db_signatures is None:
+            raise RuntimeError(f"{self.name}: match_hamming_threshold needs signatures")
+        return signatures, self._db_signatures, self.config.match_hamming_threshold
 
     def _matches(self, query_words: np.ndarray, query_multiplicity: np.ndarray, image: int,
                  hamming: tuple[np.ndarray, np.ndarray, int] | None = None
@@ -340,6 +567,31 @@ class VerificationMethod(HammingEmbeddingMethod):
         return tentative_matches(query_words, self._db_sorted_words[a:b], self._db_order[a:b],
                                  cfg.max_pairs_per_word, cfg.max_matches, query_multiplicity,
                                  hamming)
+
+    # -- queries in worker processes --------------------------------------------------
+
+    def _share_database(self, folder: Path) -> None:
+        """Write what `verify_shortlist` reads of the database to `folder` (.npy files the
+        workers map into memory: written once per `query`, not shipped per query)."""
+        g = self._db_geometry
+        arrays = {"offsets": self._db_offsets, "words": self._db_sorted_words,
+                  "order": self._db_order, "x": g.x, "y": g.y, "angle": g.angle,
+                  "scale": g.scale}
+        if self._db_signatures is not None:
+            arrays["signatures"] = self._db_signatures
+        for name, a in arrays.items():
+            np.save(folder / f"{name}.npy", np.asarray(a))
+
+    def _attach_database(self, folder: Path) -> None:
+        """Map the arrays `_share_database` wrote (read-only)."""
+        def load(name: str) -> np.ndarray | None:
+            path = folder / f"{name}.npy"
+            return np.load(path, mmap_mode="r") if path.exists() else None
+
+        self._db_offsets, self._db_sorted_words = load("offsets"), load("words")
+        self._db_order = load("order")
+        self._db_geometry = Geometry(load("x"), load("y"), load("angle"), load("scale"))
+        self._db_signatures = load("signatures")
 
     def index_bytes(self) -> int | None:
         if self._first is None or self._db_geometry is None:
@@ -354,3 +606,20 @@ def _geometry(feats: Any) -> Geometry:
     """The keypoint geometry of `Features`, kept as float32 (16 bytes per feature)."""
     return Geometry(*(np.asarray(getattr(feats, f), np.float32)
                       for f in ("x", "y", "angle", "scale")))
+
+
+_WORKER_METHOD: dict[str, VerificationMethod] = {}
+"""The verifier a worker process built for the database folder it last attached."""
+
+
+def _verify_in_worker(item: tuple[tuple[type, Any, str], tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """`verify_shortlist` of one query in a worker process: (class, config, database folder)
+    and the query's arguments."""
+    (cls, config, folder), task = item
+    method = _WORKER_METHOD.get(folder)
+    if method is None:
+        _WORKER_METHOD.clear()
+        method = cls(config, RunContext.in_memory(workers=1))
+        method._attach_database(Path(folder))
+        _WORKER_METHOD[folder] = method
+    return method.verify_shortlist(*task)
