@@ -84,7 +84,7 @@ GiB = 2**30
 PRIOR_RAM = {"bow": 70, "he-wgc": 90, "verifier": 120, "he-wgc-mmap": 90,
              "exact": 4.4, "ivfpq": 4.6, "hnsw": 8.0}
 PRIOR_SECONDS = {"bow": 4e-7, "he-wgc": 6e-7, "verifier": 2e-6, "he-wgc-mmap": 7e-7,
-                 "exact": 2e-9, "ivfpq": 2e-8, "hnsw": 2e-7}
+                 "exact": 2e-9, "ivfpq": 1.5e-5, "hnsw": 1.2e-6}
 DATA_DISK = {"sift": 30, "global": 4}
 """Bytes on disk per database feature (word 4, signature 8, angle and scale codes 2,
 geometry 16) or per vector float."""
@@ -582,8 +582,11 @@ def run_all(args, sizes: list[int], methods: list[str], out: Path):
             return est.estimate(key, family, units)[1]
         return DATA_SECONDS[family] * units
 
-    def fits(label: str, ram: float, disk: float, seconds: float) -> bool:
-        reasons = []
+    failed: set[str] = set()
+    """Methods that failed or ran out of time: not tried again at a larger size."""
+
+    def fits(label: str, ram: float, disk: float, seconds: float, key: str = "") -> bool:
+        reasons = ["it failed at a smaller size"] if key in failed else []
         if ram > args.memory_margin * available_memory():
             reasons.append(f"{ram / GiB:.1f} GiB of memory")
         if disk > 0.9 * shutil.disk_usage(out).free:
@@ -591,7 +594,8 @@ def run_all(args, sizes: list[int], methods: list[str], out: Path):
         if seconds > args.budget_s:
             reasons.append(f"{seconds / 60:.1f} min with its data")
         if reasons:
-            skipped.append(f"{label}: not run: estimated " + " / ".join(reasons))
+            skipped.append(f"{label}: not run: " + " / ".join(
+                r if r.startswith("it failed") else f"estimated {r}" for r in reasons))
             print(f"  {skipped[-1]}", flush=True)
         return not reasons
 
@@ -602,6 +606,7 @@ def run_all(args, sizes: list[int], methods: list[str], out: Path):
         if "error" in res:
             print(f" failed ({res['error']})", flush=True)
             skipped.append(f"{label}: failed ({res['error']})")
+            failed.add(key)
             return None
         est.record(key, units, res["peak_rss"], res["wall_s"])
         print(f" {res['wall_s']:.0f} s, peak RSS {fmt_bytes(res['peak_rss'])}", flush=True)
@@ -619,7 +624,7 @@ def run_all(args, sizes: list[int], methods: list[str], out: Path):
         for m in sift:
             fam = "verifier" if m == args.verifier else m
             ram, sec = est.estimate(m, fam, units)
-            if fits(f"{m} N={n:,} ({F} f/img)", ram, DATA_DISK["sift"] * units, sec + gen):
+            if fits(f"{m} N={n:,} ({F} f/img)", ram, DATA_DISK["sift"] * units, sec + gen, m):
                 todo.append((m, fam))
         he_full = any(m == "he-wgc" for m, _ in todo)
         if todo:
@@ -628,7 +633,7 @@ def run_all(args, sizes: list[int], methods: list[str], out: Path):
                        {**base, "what": "data-sift", "folder": str(folder), "n": n,
                         "per_image": F, "query_features": F}) is not None:
                 for m, fam in todo:
-                    measure(f"{m}", m, units,
+                    measure(f"{m} N={n:,}", m, units,
                             {**base, "what": fam, "folder": str(folder)},
                             {"method": m, "n": n, "per_image": F})
             shutil.rmtree(folder, ignore_errors=True)
@@ -640,7 +645,7 @@ def run_all(args, sizes: list[int], methods: list[str], out: Path):
             if "he-wgc-mmap-q" in est.measured:
                 sec += est.estimate("he-wgc-mmap-q", "he-wgc-mmap", units_m)[1]
             disk = (DATA_DISK["sift"] + INDEX_DISK["he-wgc-mmap"]) * units_m
-            if fits(f"he-wgc-mmap N={n:,} ({Fm} f/img)", ram, disk, sec):
+            if fits(f"he-wgc-mmap N={n:,} ({Fm} f/img)", ram, disk, sec, "he-wgc-mmap"):
                 folder = out / f"sift-{n}-{Fm}"
                 task = {**base, "folder": str(folder), "n": n, "per_image": Fm,
                         "query_features": F}
@@ -664,7 +669,7 @@ def run_all(args, sizes: list[int], methods: list[str], out: Path):
                 kind = m.split("-")[0]
                 ram, sec = est.estimate(m, kind, units)
                 ram = max(ram, PRIOR_RAM[kind] * units)  # the vectors it reads stay mapped
-                if fits(f"{m} N={n:,}", ram, DATA_DISK["global"] * units, sec + gen):
+                if fits(f"{m} N={n:,}", ram, DATA_DISK["global"] * units, sec + gen, m):
                     todo.append((m, kind))
             if not todo:
                 continue
@@ -673,7 +678,7 @@ def run_all(args, sizes: list[int], methods: list[str], out: Path):
                        {**base, "what": "data-global", "folder": str(folder), "n": n,
                         "dim": dim}) is not None:
                 for m, kind in todo:
-                    measure(m, m, units, {**base, "what": kind, "folder": str(folder)},
+                    measure(f"{m} N={n:,}", m, units, {**base, "what": kind, "folder": str(folder)},
                             {"method": m, "n": n})
             shutil.rmtree(folder, ignore_errors=True)
     return rows, skipped
