@@ -562,6 +562,6 @@ def state_arrays(model: nn.Module) -> dict[str, Any]:
 def model_from_arrays(cfg: DetectorConfig, classes: int, arrays: dict[str, Any],
                       device: str) -> nn.Module:
     model = build_detector(cfg, classes, pretrained=False)
-    model.load_state_dict({k[2:]: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()
+    model.load_state_dict({k[2:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
                            if k.startswith("w/")})
     return model.to(device).eval()

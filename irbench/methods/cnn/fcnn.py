@@ -207,7 +207,7 @@ class FcnnMethod(CnnMethod):
         art = self.cached("finetune", compute, inputs=inputs)
         net = build_backbone(cfg.backbone)
         net.replace_head(len(classes))
-        net.load_state_dict({k[2:]: torch.from_numpy(np.asarray(v)) for k, v in art.items()
+        net.load_state_dict({k[2:]: torch.from_numpy(np.array(v)) for k, v in art.items()
                              if k.startswith("w/")})
         self._net = prepare(net, self.context.device, cfg.channels_last)
         self._network_id = art.id

@@ -85,7 +85,9 @@ from irbench.core.search import topk_from_scores
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
 from irbench.methods.base import QUERY_STAGE, RunContext
+from irbench.methods.sift.bow import TFIDF_STAGE
 from irbench.methods.sift.hamming import (
+    INDEX_STAGE,
     HammingEmbeddingMethod,
     HammingIndex,
     HammingOptions,
@@ -374,11 +376,19 @@ class VerificationMethod(HammingEmbeddingMethod):
             sig, ang, sca = self.embedded("database", database, words)
             if self._filters_by_hamming:
                 self._db_signatures = sig
+        n_words = self._vocabulary.size
+        inputs = {"vocabulary": self._vocabulary_id, "features": self.features_id(database)}
+        # the first stage's inverted file, as he-wgc and bow store it (the same shared
+        # stages: memory-mapped, and built once for every method with these fields)
         if cfg.first_stage == "he-wgc":
-            self._first = HammingIndex.build(words, offsets, self._vocabulary.size,
-                                             sig, ang, sca)
+            self._first = HammingIndex.from_arrays(self.cached_files(
+                INDEX_STAGE, lambda folder: HammingIndex.build(
+                    words, offsets, n_words, sig, ang, sca, folder=folder).arrays(),
+                inputs={"embedding": self._embedding_id, **inputs}))
         else:
-            self._first = TfIdfIndex.build(words, offsets, self._vocabulary.size)
+            self._first = TfIdfIndex.from_arrays(self.cached_files(
+                TFIDF_STAGE, lambda folder: TfIdfIndex.build(
+                    words, offsets, n_words, folder=folder).arrays(), inputs=inputs))
         feats = self.features("database", database)
         self.forget_features()
         self.load_index(self._first, _geometry(feats), words, offsets)
