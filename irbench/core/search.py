@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from irbench.core.cache import release_rows
 from irbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -142,12 +143,21 @@ def topk_from_scores(scores: np.ndarray, k: int, offset: int = 0) -> tuple[np.nd
     return ranks + offset, top
 
 
+EXACT_CHUNK_BYTES = 256 << 20
+"""Database bytes exact search multiplies at a time (a memory-mapped database is read, and
+its pages released, a chunk at a time)."""
+
+
 def exact_search(database: np.ndarray, queries: np.ndarray, k: int, *,
-                 chunk_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k, over database chunks so memory stays bounded."""
+                 chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k, over database chunks so memory stays bounded: rows of
+    `EXACT_CHUNK_BYTES` by default (65,536 rows of 1,024-D, 2,048 of VLAD's 32,768-D)."""
     database = np.asarray(database, np.float32)
     queries = np.asarray(queries, np.float32)
     n = database.shape[0]
+    if chunk_size is None:
+        row = database.itemsize * int(np.prod(database.shape[1:]) or 1)
+        chunk_size = max(1, min(65536, EXACT_CHUNK_BYTES // max(1, row)))
     k = min(k, n)
     if queries.shape[0] == 0 or n == 0:
         return np.zeros((queries.shape[0], k), np.int64), np.zeros((queries.shape[0], k), np.float32)
@@ -155,6 +165,7 @@ def exact_search(database: np.ndarray, queries: np.ndarray, k: int, *,
     best_s: np.ndarray | None = None
     for begin in range(0, n, chunk_size):
         sims = queries @ database[begin:begin + chunk_size].T
+        release_rows(database, begin, min(n, begin + chunk_size))
         r, s = topk_from_scores(sims, k, offset=begin)
         if best_r is None:
             best_r, best_s = r, s

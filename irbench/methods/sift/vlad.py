@@ -78,11 +78,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import scipy.linalg
 
+from irbench.core.cache import release_pages, release_rows
 from irbench.core.config import param
 from irbench.core.search import l2_normalize, search
 from irbench.datasets.base import Image, Query
@@ -264,6 +266,7 @@ class VladPca:
                 y *= scale
             y[~block.any(axis=1)] = 0.0
             out[begin:begin + len(block)] = y
+            release_rows(x, begin, begin + len(block))  # a mapped database stays on disk
         return l2_normalize(out) if normalize else out
 
 
@@ -375,11 +378,15 @@ class VladIntraMethod(SiftVocabularyMethod):
             raise RuntimeError(f"{self.name}: no vocabulary yet (call fit/index first)")
         vocab, cfg = self._vocabulary, self.config
 
-        def compute() -> dict[str, Any]:
-            feats = self.features(role, images)
+        def write(folder: Path | None) -> dict[str, Any]:
             words, offsets = self.words(role, images)
+            feats = self.features(role, images)
             n, dim = len(images), vocab.size * vocab.dim
-            out = np.zeros((n, dim), np.float32)
+            # written a batch of images at a time into the artifact's file (128 KiB per
+            # image at 256 words): the vectors of a large database are never all in memory
+            out = (np.zeros((n, dim), np.float32) if folder is None else
+                   np.lib.format.open_memmap(folder / "vlad.npy", mode="w+",
+                                             dtype=np.float32, shape=(n, dim)))
             max_images = max(1, self.batch_bytes // (4 * dim))
             for begin, end in image_batches(offsets, self.batch_features, max_images):
                 lo, hi = int(offsets[begin]), int(offsets[end])
@@ -387,11 +394,13 @@ class VladIntraMethod(SiftVocabularyMethod):
                     self.vectors(feats.descriptors[lo:hi]), words[lo:hi],
                     offsets[begin:end + 1] - lo, vocab.centroids,
                     power=float(cfg.power_normalization), intra=bool(cfg.intra_normalization))
+                release_rows(out, begin, end)
+                release_pages(feats.descriptors)
             log.info("%s: %d %s VLAD vectors of dimension %d", self.name, n, role, dim)
             return {"vlad": out, "counts": np.diff(offsets)}
 
-        art = self.cached("vlad", compute, inputs={"vocabulary": self._vocabulary_id,
-                                                   "features": self.features_id(images)})
+        art = self.cached_files("vlad", write, inputs={"vocabulary": self._vocabulary_id,
+                                                       "features": self.features_id(images)})
         return (np.asarray(art["vlad"], np.float32).reshape(len(images), -1),
                 np.asarray(art["counts"], np.int64))
 
