@@ -362,13 +362,16 @@ def run_he_mmap(phase: str, folder: Path, task: dict) -> dict:
         words, offsets = _mmap(folder, "words"), np.load(folder / "offsets.npy")
         t = time.perf_counter()
         cols = [_mmap(folder, c) for c in ("signatures", "angles", "scales")]
-        index = HammingIndex.build(words, offsets, task["vocab"], *cols)
-        inv = index.invfile
         index_dir.mkdir(exist_ok=True)
+        # built straight into .npy files (the streaming build), as the he-wgc stage
+        # stores it in the cache: the index is never in memory whole
+        index = HammingIndex.build(words, offsets, task["vocab"], *cols, folder=index_dir)
+        inv = index.invfile
         arrays = {"indptr": inv.indptr, "image_ids": inv.image_ids, **inv.columns,
                   "idf": index.idf, "norms": index.norms}
         for name in HE_ARRAYS:
-            np.save(index_dir / f"{name}.npy", arrays[name])
+            if not (index_dir / f"{name}.npy").exists():
+                np.save(index_dir / f"{name}.npy", arrays[name])
         return {"n": index.n_images, "build_s": time.perf_counter() - t,
                 "bytes": int(index.nbytes)}
     for name in HE_ARRAYS:  # read from the disk, not from the page cache
