@@ -143,15 +143,16 @@ def topk_from_scores(scores: np.ndarray, k: int, offset: int = 0) -> tuple[np.nd
     return ranks + offset, top
 
 
-EXACT_CHUNK_BYTES = 256 << 20
+EXACT_CHUNK_BYTES = 64 << 20
 """Database bytes exact search multiplies at a time (a memory-mapped database is read, and
-its pages released, a chunk at a time)."""
+its pages released, a chunk at a time): the search's working memory, whatever the size
+of the database."""
 
 
 def exact_search(database: np.ndarray, queries: np.ndarray, k: int, *,
                  chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k, over database chunks so memory stays bounded: rows of
-    `EXACT_CHUNK_BYTES` by default (65,536 rows of 1,024-D, 2,048 of VLAD's 32,768-D)."""
+    `EXACT_CHUNK_BYTES` by default (16,384 rows of 1,024-D, 512 of VLAD's 32,768-D)."""
     database = np.asarray(database, np.float32)
     queries = np.asarray(queries, np.float32)
     n = database.shape[0]
