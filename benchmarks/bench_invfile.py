@@ -52,7 +52,7 @@ import scipy.sparse as sp
 
 from irbench.core.cache import iter_blocks, release_pages
 from irbench.methods.sift.hamming import HammingIndex
-from irbench.methods.sift.invfile import InvertedFile, TfIdfIndex, bow_vectors
+from irbench.methods.sift.invfile import TfIdfIndex
 
 
 def synthetic(rng: np.random.Generator, n: int, per_image: int, vocab: int, skew: float
@@ -80,22 +80,8 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 INPUTS = {"words": np.uint32, "signatures": np.uint64, "angles": np.uint8, "scales": np.uint8}
 
 
-def in_memory_build(words, offsets, n_words, signatures, angles, scales) -> HammingIndex:
-    """The former `HammingIndex.build`: a global lexsort of int64 copies of every word
-    and image id, then every column gathered (about 70 bytes per posting at its peak)."""
-    offsets = np.asarray(offsets, np.int64)
-    n = len(offsets) - 1
-    image = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
-    img, word, tf = bow_vectors(words, offsets, n_words)
-    df = np.bincount(word, minlength=n_words)
-    with np.errstate(divide="ignore"):
-        idf = np.where(df > 0, np.log(n / np.maximum(df, 1)), 0.0)
-    norms = np.sqrt(np.bincount(img, weights=(tf * idf[word]) ** 2, minlength=n))
-    inv = InvertedFile.from_postings(
-        words, image, n_words, n,
-        {"signature": np.asarray(signatures, np.uint64),
-         "angle": np.asarray(angles, np.uint8), "scale": np.asarray(scales, np.uint8)})
-    return HammingIndex(inv, idf.astype(np.float32), norms.astype(np.float32))
+in_memory_build = HammingIndex.build_reference
+"""The former in-memory build (a global lexsort of every posting)."""
 
 
 def write_inputs(folder: Path, rng: np.random.Generator, n: int, per_image: int, vocab: int,

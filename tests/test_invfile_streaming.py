@@ -13,40 +13,14 @@ from irbench.methods.sift.hamming import HammingIndex, HeWgcMethod, ScanSettings
 from irbench.methods.sift.invfile import (
     InvertedFile,
     TfIdfIndex,
-    _normalized_weights,
-    bow_vectors,
     image_blocks,
 )
 
 N_WORDS = 50
 
 
-def reference_hamming(words, offsets, n_words, signatures, angles, scales) -> HammingIndex:
-    """The in-memory build the streaming one replaces (a global lexsort)."""
-    offsets = np.asarray(offsets, np.int64)
-    n = len(offsets) - 1
-    image = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
-    img, word, tf = bow_vectors(words, offsets, n_words)
-    df = np.bincount(word, minlength=n_words)
-    with np.errstate(divide="ignore"):
-        idf = np.where(df > 0, np.log(n / np.maximum(df, 1)), 0.0)
-    norms = np.sqrt(np.bincount(img, weights=(tf * idf[word]) ** 2, minlength=n))
-    inv = InvertedFile.from_postings(words, image, n_words, n,
-                                     {"signature": signatures, "angle": angles,
-                                      "scale": scales})
-    return HammingIndex(inv, idf.astype(np.float32), norms.astype(np.float32))
-
-
-def reference_tfidf(words, offsets, n_words) -> TfIdfIndex:
-    n = len(offsets) - 1
-    image, word, tf = bow_vectors(words, offsets, n_words)
-    df = np.bincount(word, minlength=n_words)
-    with np.errstate(divide="ignore"):
-        idf = np.where(df > 0, np.log(n / np.maximum(df, 1)), 0.0)
-    weight = _normalized_weights(image, word, tf, idf, n)
-    inv = InvertedFile.from_postings(word, image, n_words, n,
-                                     {"weight": weight.astype(np.float32)})
-    return TfIdfIndex(inv, idf.astype(np.float32))
+reference_hamming = HammingIndex.build_reference
+reference_tfidf = TfIdfIndex.build_reference
 
 
 def database(seed: int = 0, n: int = 60):

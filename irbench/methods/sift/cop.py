@@ -96,7 +96,7 @@ from irbench.methods.sift.verification import (
     Geometry,
     VerificationConfig,
     VerificationMethod,
-    size_groups,
+    padded_groups,
 )
 
 __all__ = ["CopOptions", "check_cop_options", "cop_consistency", "consistent_group",
@@ -311,12 +311,8 @@ def cop_counts(query_xy: np.ndarray, query_angle: np.ndarray, query_scale: np.nd
     unit = 2 * len(options.sector_counts)
     min_mean_weight = options.min_group_consistency * unit
     slack = 1e-9 * max(1.0, float(min_mean_weight))
-    for group in size_groups(sizes[big], lambda m: m * m, budget=1 << 15):
-        images = big[group]
-        starts, m = offsets[images], sizes[images]
-        width = int(m.max())
-        valid = np.arange(width) < m[:, None]
-        rows = np.where(valid, starts[:, None] + np.arange(width), 0)  # padding: row 0
+    for images, rows, valid in padded_groups(offsets, big, lambda m: m * m, 1 << 15):
+        m, width = sizes[images], rows.shape[1]
         total = _level_sums(q_xy[rows], q_angle[rows], d_xy[rows], d_angle[rows], options)
         total *= valid[:, :, None] & valid[:, None, :]
         if len(images) == 1:  # nothing to run in lockstep with: the one-image code

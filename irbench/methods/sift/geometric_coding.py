@@ -102,7 +102,7 @@ from irbench.methods.sift.verification import (
     Geometry,
     VerificationConfig,
     VerificationMethod,
-    size_groups,
+    padded_groups,
 )
 
 __all__ = [
@@ -287,12 +287,8 @@ def geometric_coding_counts(query_xy: np.ndarray, query_angle: np.ndarray,
     n_bits = int(options.square_count) + 2 * int(options.fan_rotations)
     limit = 2 * n_bits * float(options.max_inconsistency_fraction)
     sides = [(qxy, np.cos(qa), np.sin(qa), qs), (dxy, np.cos(da), np.sin(da), ds)]
-    for group in size_groups(sizes[big], lambda m: m * m, budget=1 << 15):
-        images = big[group]
-        starts, m = offsets[images], sizes[images]
-        width = int(m.max())
-        valid = np.arange(width) < m[:, None]
-        rows = np.where(valid, starts[:, None] + np.arange(width), 0)  # padding: row 0
+    for images, rows, valid in padded_groups(offsets, big, lambda m: m * m, 1 << 15):
+        width = rows.shape[1]
         cost = np.zeros((len(images), width, width), np.int32)
         maps = [_padded_maps(xy[rows], cos[rows], sin[rows], scale[rows], options)
                 for xy, cos, sin, scale in sides]

@@ -361,6 +361,21 @@ class TfIdfIndex:
         self.idf = np.asarray(idf, np.float32)
 
     @classmethod
+    def build_reference(cls, words: np.ndarray, offsets: np.ndarray, n_words: int
+                        ) -> TfIdfIndex:
+        """The former in-memory build (one global sort of every posting), kept as the
+        reference `build` is tested and benchmarked against: the same index."""
+        n = len(offsets) - 1
+        image, word, tf = bow_vectors(words, offsets, n_words)
+        df = np.bincount(word, minlength=n_words)
+        with np.errstate(divide="ignore"):
+            idf = np.where(df > 0, np.log(n / np.maximum(df, 1)), 0.0)
+        weight = _normalized_weights(image, word, tf, idf, n)
+        inv = InvertedFile.from_postings(word, image, n_words, n,
+                                         {"weight": weight.astype(np.float32)})
+        return cls(inv, idf.astype(np.float32))
+
+    @classmethod
     def build(cls, words: np.ndarray, offsets: np.ndarray, n_words: int, *,
               folder: Path | None = None, block_features: int = BUILD_BLOCK) -> TfIdfIndex:
         """From the word id of every database feature and per-image `offsets` (int64[N+1]),

@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -106,6 +106,7 @@ __all__ = [
     "word_multiplicity",
     "relative_scores",
     "rerank",
+    "padded_groups",
     "size_groups",
     "VerificationMethod",
 ]
@@ -290,6 +291,21 @@ def size_groups(sizes: np.ndarray, cells_per_image: Any, budget: int = 1 << 22
         groups.append(order[start:end])
         start = end
     return groups
+
+
+def padded_groups(offsets: np.ndarray, images: np.ndarray, cells_per_image: Any,
+                  budget: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each `size_groups` group of `images` (their matches are the rows
+    offsets[j]:offsets[j + 1]): (the group's images, the rows of their matches padded to
+    the group's largest m int64[B, width] (row 0 past an image's m), which of those are
+    real bool[B, width]) — what array code over a group indexes its matches with."""
+    sizes = np.diff(offsets)
+    for group in size_groups(sizes[images], cells_per_image, budget=budget):
+        chosen = images[group]
+        starts, m = offsets[chosen], sizes[chosen]
+        width = int(m.max())
+        valid = np.arange(width) < m[:, None]
+        yield chosen, np.where(valid, starts[:, None] + np.arange(width), 0), valid
 
 
 def relative_scores(first_scores: np.ndarray) -> np.ndarray:
