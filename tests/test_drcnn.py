@@ -126,6 +126,7 @@ def test_convergence_rule():
     assert len(slow) == 1 and "from 2.000 to 1.800" in slow[0]
 
 
+@pytest.mark.slow  # 12-15 s: builds and trains full detectors
 def test_detector_fine_tuning_lowers_losses_and_keeps_frozen_layers(tiny_demo):
     s = DetectorConfig(**SMALL_DETECTOR, detector_iterations=9,
                        detector_learning_rate=5e-3, detector_lr_step=6)
@@ -225,6 +226,7 @@ def test_detector_resumes_from_its_checkpoint(tiny_demo, tmp_path, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
 
 
+@pytest.mark.slow  # 12-15 s: builds and trains full detectors
 def test_vgg16_detector_head_is_imagenet_fc6_fc7_on_roi_pooling(tmp_path):
     """py-faster-rcnn's VGG16 detector: roi_pool5 (7x7 max pooling at 1/16) feeding
     VGG16's own fc6/fc7 (4,096-D), copied from the weights the backbone loads."""

@@ -309,7 +309,6 @@ class Cache:
         shard_size: int = 512,
         progress: Progress = NULL_PROGRESS,
         description: str = "",
-        step: int | None = None,
         meta: Callable[[], Mapping[str, Any]] | None = None,
         executor: Executor = LOCAL,
     ) -> Artifact:
@@ -321,11 +320,9 @@ class Cache:
         interrupted run resumes where it stopped. A shard that raises `ImageReadError` /
         `BadImagesError` does not stop the others: once all are done, one
         `BadImagesError` lists every unreadable image. `key` must identify the items'
-        content. With `step`, `compute_chunk` is called on `step` items at a time within
-        a shard, so that the progress bar moves every `step` items (the results are per
-        item, the same whatever the step). Off by default: a `compute_chunk` that starts
-        a process pool per call (SIFT extraction) took twice as long at step 32. `meta()`,
-        called once every shard is done, gives JSON-able values stored with the result.
+        content. The bar moves once per shard, or as items finish when `compute_chunk`
+        is a `WithProgress`. `meta()`, called once every shard is done, gives JSON-able
+        values stored with the result.
 
         The shards not in the cache yet run on `executor` (`irbench.core.executor`): here
         by default, or as Ray tasks that write their shards into the cache directory,
@@ -342,7 +339,7 @@ class Cache:
         with progress.task(description or kind, total=n) as advance:
             shards, unreadable, resumed, compute_seconds = self._compute_shards(
                 kind, key_hash, shard_dir, items, compute_chunk, shard_size=shard_size,
-                step=step, executor=executor, advance=advance)
+                executor=executor, advance=advance)
         if unreadable:
             raise BadImagesError.combine(unreadable)
         if resumed:
@@ -368,7 +365,7 @@ class Cache:
     def _compute_shards(
         self, kind: str, key_hash: str, shard_dir: Path, items: Sequence[Any],
         compute_chunk: Callable[[Sequence[Any]], list[dict[str, np.ndarray]]], *,
-        shard_size: int, step: int | None, executor: Executor, advance: Callable[[int], None],
+        shard_size: int, executor: Executor, advance: Callable[[int], None],
     ) -> tuple[list[Callable[[], Mapping[str, Any]]], list[ImageReadError | BadImagesError],
                int, float | None]:
         """(how to load each shard, in order, the unreadable-image errors, how many items
@@ -396,7 +393,7 @@ class Cache:
                     continue
             todo.append(_ShardTask(index, begin, end, shard_path, shard_hash,
                                    items[begin:end]))
-        job = _ShardJob(kind, compute_chunk, step,
+        job = _ShardJob(kind, compute_chunk,
                         write=self.enabled and not executor.in_process,
                         advance=advance if executor.in_process else None)
         mark = len(self.events)
@@ -455,7 +452,6 @@ class _ShardJob:
 
     kind: str
     compute_chunk: Callable[[Sequence[Any]], list[dict[str, np.ndarray]]]
-    step: int | None
     write: bool
     """The task stores its shard itself (it runs elsewhere); else it returns the arrays."""
     advance: Callable[[int], None] | None = None
@@ -478,9 +474,8 @@ def _run_shard(job: _ShardJob, task: _ShardTask) -> _ShardDone:
     """Compute one shard (an executor's task, here or on another machine) and, when
     `job.write`, store it atomically at `task.path`."""
     start = time.perf_counter()
-    per_item, failed = _compute_in_steps(job.kind, task.items, 0, len(task.items),
-                                         job.step or len(task.items), job.compute_chunk,
-                                         job.advance or _ignore_advance)
+    per_item, failed = _compute_shard(job.kind, task.items, job.compute_chunk,
+                                      job.advance or _ignore_advance)
     if failed:
         return _ShardDone(None, failed, time.perf_counter() - start, socket.gethostname(),
                           False)
@@ -508,39 +503,32 @@ class WithProgress:
         return self.fn(items, _ignore_advance)
 
 
-def _compute_in_steps(kind: str, items: Sequence[Any], begin: int, end: int, step: int,
-                      compute_chunk: Callable[[Sequence[Any]], list[dict[str, np.ndarray]]],
-                      advance: Callable[[int], None]
-                      ) -> tuple[list[dict[str, np.ndarray]], list[Exception]]:
-    """The per-item results of items[begin:end], computed `step` items at a time (the
-    bar advanced after each), and the unreadable-image errors of the steps that failed
-    (the others still run, so that every bad image of the shard is listed)."""
-    per_item: list[dict[str, np.ndarray]] = []
-    failed: list[Exception] = []
-    for lo in range(begin, end, max(1, step)):
-        hi = min(end, lo + max(1, step))
-        moved = 0
+def _compute_shard(kind: str, items: Sequence[Any],
+                   compute_chunk: Callable[[Sequence[Any]], list[dict[str, np.ndarray]]],
+                   advance: Callable[[int], None]
+                   ) -> tuple[list[dict[str, np.ndarray]], list[Exception]]:
+    """The per-item results of a shard's `items`, or the unreadable-image error that
+    failed it; the bar is advanced by the items the computation did not report itself."""
+    moved = 0
 
-        def counted(n: int = 1, status: str | None = None) -> None:
-            nonlocal moved
-            moved += n
-            advance(n)
+    def counted(n: int = 1, status: str | None = None) -> None:
+        nonlocal moved
+        moved += n
+        advance(n)
 
-        try:
-            out = (compute_chunk.fn(items[lo:hi], counted)
-                   if isinstance(compute_chunk, WithProgress) else compute_chunk(items[lo:hi]))
-        except (ImageReadError, BadImagesError) as exc:
-            failed.append(exc)
-            if hi - lo > moved:
-                advance(hi - lo - moved)
-            continue
-        if len(out) != hi - lo:
-            raise RuntimeError(f"{kind}: compute returned {len(out)} results for "
-                               f"{hi - lo} items")
-        per_item += out
-        if hi - lo > moved:
-            advance(hi - lo - moved)
-    return per_item, failed
+    try:
+        out = (compute_chunk.fn(items, counted) if isinstance(compute_chunk, WithProgress)
+               else compute_chunk(items))
+    except (ImageReadError, BadImagesError) as exc:
+        out = exc
+    if len(items) > moved:
+        advance(len(items) - moved)
+    if isinstance(out, Exception):
+        return [], [out]
+    if len(out) != len(items):
+        raise RuntimeError(f"{kind}: compute returned {len(out)} results for "
+                           f"{len(items)} items")
+    return out, []
 
 
 def _add(total: float | None, seconds: float | None) -> float | None:
