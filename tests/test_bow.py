@@ -136,8 +136,9 @@ def test_query_crop_is_described_in_full_image_frame(tmp_path):
     feats = extract_features([Query("q", path, box=box, crop=True)], params, ctx)
     ref = extract_image(crop_path, None, params)
     assert feats.n_features == len(ref["x"]) > 0
-    np.testing.assert_allclose(feats.x, ref["x"] + 30, atol=1e-4)
-    np.testing.assert_allclose(feats.y, ref["y"] + 20, atol=1e-4)
+    # stored in quarter pixels: within 1/8 pixel of the crop's own keypoints
+    np.testing.assert_allclose(feats.x, ref["x"] + 30, atol=0.125 + 1e-4)
+    np.testing.assert_allclose(feats.y, ref["y"] + 20, atol=0.125 + 1e-4)
     np.testing.assert_array_equal(feats.descriptors, ref["descriptors"])
     # crop=False: the whole image, the box ignored
     full = extract_features([Query("q", path, box=box, crop=False)], params, ctx)
@@ -485,3 +486,47 @@ def test_one_vocabulary_serves_every_sift_method_with_its_defaults(tmp_path):
     assert len({i["vocabulary_id"] for i in infos}) == 1
     trained = [e for e in cache.events if e.kind == "vocabulary" and not e.hit]
     assert len(trained) == 1
+
+
+def test_stored_geometry_is_quantised_within_its_steps(tmp_path):
+    """The extraction stores 6 bytes of geometry per feature; decoded, it is within a
+    quarter pixel / 1/256 turn / 1/16 octave of OpenCV's values, and its angle and scale
+    codes are exactly WGC's codes of the float32 values (so HE+WGC does not move)."""
+    from irbench.methods.sift.keypoints import (
+        angle_codes,
+        compact_geometry,
+        decode_angle,
+        decode_scale,
+        decode_xy,
+        scale_codes,
+    )
+
+    path = write(tmp_path / "s.png", scene(3))
+    ref = extract_image(path, None, SiftParams())
+    ctx = RunContext(cache=Cache(tmp_path / "cache"), workers=1)
+    feats = extract_features([Image("s", path)], SiftParams(), ctx)
+    assert feats.xq.dtype == np.uint16 and feats.angle_code.dtype == np.uint8
+    assert feats.n_features == len(ref["x"]) > 0
+    assert np.abs(feats.x - ref["x"]).max() <= 0.125 + 1e-6
+    assert np.abs(feats.y - ref["y"]).max() <= 0.125 + 1e-6
+    turn = np.abs(feats.angle - ref["angle"])
+    assert np.minimum(turn, 2 * math.pi - turn).max() <= math.pi / 256 + 1e-6
+    assert np.abs(np.log2(feats.scale / ref["scale"])).max() <= 1 / 32 + 1e-6
+    np.testing.assert_array_equal(feats.angle_code, angle_codes(ref["angle"]))
+    np.testing.assert_array_equal(feats.scale_code, scale_codes(ref["scale"]))
+    # the codes survive a decode / encode round trip (a stored feature is a fixed point)
+    again = compact_geometry({"descriptors": feats.descriptors, "x": decode_xy(feats.xq),
+                              "y": decode_xy(feats.yq),
+                              "angle": decode_angle(feats.angle_code),
+                              "scale": decode_scale(feats.scale_code)})
+    for name in ("xq", "yq", "angle_code", "scale_code"):
+        np.testing.assert_array_equal(again[name], getattr(feats, name))
+
+
+def test_position_beyond_the_stored_range_names_the_image():
+    from irbench.methods.sift.keypoints import ImageTooLargeError, compact_geometry
+
+    arrays = {"descriptors": np.zeros((1, 128), np.uint8), "x": np.array([20000.0]),
+              "y": np.array([3.0]), "angle": np.zeros(1), "scale": np.ones(1)}
+    with pytest.raises(ImageTooLargeError, match="panorama.jpg.*20000.0 px"):
+        compact_geometry(arrays, "panorama.jpg")

@@ -95,13 +95,17 @@ def executor_options(fn):
 @click.option("--query-block", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="N", help="Rank and evaluate N queries at a time; 0 picks as many as "
                                 "fit in 256 MiB of rankings at the run's depth.")
+@click.option("--drop-descriptors", is_flag=True,
+              help="When the run is done, delete its cached SIFT descriptors (128 of the 134 "
+                   "bytes a feature takes), keeping the geometry and everything computed "
+                   "from them; a later run that needs them extracts SIFT again.")
 @common_paths
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages.")
 def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, workers, device,
             executor, ray_address, search, search_options, overwrite, verify_images, no_cache,
-            no_record, keep_ranking, query_block, cache_dir, results_dir, data_root, quiet,
-            verbose):
+            no_record, keep_ranking, query_block, drop_descriptors, cache_dir, results_dir,
+            data_root, quiet, verbose):
     """Run METHOD on DATASET: fit -> index -> query -> evaluate, and write a run record."""
     setup_logging(quiet, verbose)
     seed_list = parse_seeds(seeds, seed)
@@ -115,7 +119,7 @@ def run_cmd(method, dataset, sets, sweeps, dataset_options, topk, seed, seeds, w
         progress=make_progress(quiet),
         dataset_options=parse_pairs(dataset_options, "--dataset-option"),
         verify_images=verify_images, keep_ranking=keep_ranking, query_block=query_block,
-        executor=executor, ray_address=ray_address,
+        executor=executor, ray_address=ray_address, drop_descriptors=drop_descriptors,
     )
     overrides = parse_pairs(sets, "--set")
     sweep_values = {k: [v.strip() for v in vals.split(",") if v.strip() != ""]

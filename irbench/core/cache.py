@@ -62,6 +62,9 @@ LAYOUT_VERSION = 3
 written before version 3) is still read, so existing caches stay valid."""
 
 ARRAYS_DIR = "arrays"
+DROPPED = "dropped_arrays"
+"""The metadata entry of an artifact some of whose arrays were deleted to save disk
+(`Cache.drop_arrays`): {name: checksum of the deleted array}."""
 LEGACY_ARRAYS = "arrays.npz"
 _MAX_ARRAY_NAME = 200
 _HASH_BLOCK = 1 << 23
@@ -211,6 +214,40 @@ class Cache:
                 cost += event.compute_seconds - event.seconds
             seen.add(event.key)
         return max(0.0, cost)
+
+    # -- dropping arrays -------------------------------------------------------------
+
+    def drop_arrays(self, kind: str, key_hash: str, names: Sequence[str]) -> int:
+        """Delete the arrays `names` of a stored artifact, keeping the rest of it valid;
+        returns the bytes freed (0 when it is absent or holds none of them). Its metadata
+        gains `DROPPED` = {name: checksum} (the checksums of what was deleted, so a
+        reader that needs them again can compute them and check it got the same
+        arrays), written before the files go: a concurrent reader sees either the whole
+        artifact or the artifact without them, never a damaged one."""
+        path = self.path_for(kind, key_hash)
+        meta_path = path / "meta.json"
+        if not self.enabled or not meta_path.is_file() or not (path / ARRAYS_DIR).is_dir():
+            return 0
+        record = json.loads(meta_path.read_text("utf-8"))
+        gone = {n: record["arrays"][n] for n in names if n in record["arrays"]}
+        if not gone:
+            return 0
+        files = [_array_file(path, n) for n in gone]
+        freed = sum(f.stat().st_size for f in files if f.exists())
+        meta = dict(record["meta"])
+        meta[DROPPED] = {**meta.get(DROPPED, {}), **gone}
+        record.update(meta=meta, meta_sha256=_meta_checksum(meta),
+                      arrays={n: c for n, c in record["arrays"].items() if n not in gone})
+        atomic_write_text(meta_path, json.dumps(record, default=str))
+        for f in files:
+            f.unlink(missing_ok=True)
+        log.info("dropped %s of cached %s (%s): %s freed", ", ".join(gone), kind,
+                 key_hash[:12], _human(freed))
+        return freed
+
+    def forget(self, kind: str, key_hash: str) -> None:
+        """Delete a stored artifact (the next request computes it again)."""
+        shutil.rmtree(self.path_for(kind, key_hash), ignore_errors=True)
 
     # -- single artifacts ------------------------------------------------------------
 
@@ -577,6 +614,15 @@ def _merge_shards(shards: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
+def _human(n: float) -> str:
+    """Bytes for a log line: '812 B', '3.4 MiB'."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
@@ -845,6 +891,8 @@ def read_artifact(path: Path, key_hash: str) -> Artifact | None:
                     return _discard(path, f"array {name!r} does not match its checksum")
         else:
             files = {p.name for p in (path / ARRAYS_DIR).iterdir()}
+            dropping = meta.get(DROPPED, {}) if isinstance(meta.get(DROPPED), dict) else {}
+            files -= {_array_file(path, name).name for name in dropping}  # being deleted
             if files != {_array_file(path, name).name for name in expected}:
                 return _discard(path, f"{ARRAYS_DIR}/ holds other arrays than meta.json lists")
             arrays = {}

@@ -128,6 +128,11 @@ class RunOptions:
     pool) or 'ray' (Ray tasks; `irbench.core.executor`). Results are the same."""
     ray_address: str | None = None
     """The Ray cluster of `executor='ray'` ('auto', HOST:PORT); None starts a local Ray."""
+    drop_descriptors: bool = False
+    """Once the run is done, delete the cached local descriptors of its image lists
+    (`Method.drop_descriptors`: the SIFT methods' 128 bytes per feature, most of their
+    cache) and keep what was computed from them. A later run that needs them again (a
+    new vocabulary) extracts SIFT again; its results are the same."""
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir).expanduser()
@@ -422,6 +427,11 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
     metrics = _timed(timings, "evaluate", lambda: with_intervals(evaluate(
         ranks, ds.ground_truth, ds.protocol, [q.db_index for q in ds.queries], n_db,
         block=block)), cache)
+    method_info = dict(stage_out.get("method_info") or {})
+    if options.drop_descriptors and options.use_cache:
+        freed = method_obj.drop_descriptors([ds.database, ds.queries, ds.train])
+        method_info["descriptors_dropped_bytes"] = int(freed)
+        log.info("dropped %d bytes of cached descriptors (--drop-descriptors)", freed)
     record = RunRecord(
         method=cls.name,
         config=config_to_dict(config),
@@ -443,7 +453,7 @@ def _run(cls: type[Method], config: Any, ds: Dataset, options: RunOptions,
         search_report=dict(stage_out.get("search_report") or {}),
         database_size=n_db,
         method_code=code,
-        method_info=dict(stage_out.get("method_info") or {}),
+        method_info=method_info,
         cache_events=[e.to_dict() for e in cache.events],
         untrained=method_obj.untrained(),
         environment={**environment(), "executor": context.executor.describe()},

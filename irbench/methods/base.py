@@ -182,6 +182,13 @@ class Method:
         """Size of the searchable index in bytes, when the method knows it."""
         return None
 
+    def drop_descriptors(self, image_lists: Sequence[Sequence[Any]]) -> int:
+        """Delete the cached local descriptors of these image lists (and of any other
+        list this run extracted) that the run's cached results no longer need
+        (`RunOptions.drop_descriptors`); returns the bytes freed. None by default: the
+        SIFT methods drop their 128-byte descriptors and keep the geometry."""
+        return 0
+
     def untrained(self) -> bool:
         """Whether the run uses random weights where trained ones belong (its record is
         marked `untrained`); False unless a method with weights says so."""

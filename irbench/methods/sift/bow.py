@@ -44,6 +44,7 @@ from irbench.methods.sift.keypoints import (
     Features,
     SiftOptions,
     descriptor_vectors,
+    drop_descriptors,
     extract_features,
     features_id,
     sift_params,
@@ -138,6 +139,8 @@ class SiftVocabularyMethod(Method):
         self._vocabulary_training: tuple[Sequence[Image], str] | None = None
         """(images, trained_on label) of the current vocabulary."""
         self._last_features: Features | None = None
+        self._extracted: dict[str, Sequence[Image | Query]] = {}
+        """The image lists whose features this method read, by features id."""
 
     # -- features ---------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class SiftVocabularyMethod(Method):
         feats = extract_features(images, sift_params(self.config), self.context,
                                  description=f"{self.name}: SIFT ({role})")
         self._last_features = feats
+        self._extracted[fid] = images
         return feats
 
     def features_id(self, images: Sequence[Image | Query]) -> str:
@@ -160,6 +164,16 @@ class SiftVocabularyMethod(Method):
 
     def forget_features(self) -> None:
         self._last_features = None
+
+    def drop_descriptors(self, image_lists: Sequence[Sequence[Any]]) -> int:
+        """Delete the stored SIFT descriptors of `image_lists` and of every list this
+        method extracted (`keypoints.drop_descriptors`); the geometry, words, signatures,
+        vocabulary and indexes stay cached."""
+        self.forget_features()
+        lists = {self.features_id(images): images for images in image_lists if len(images)}
+        lists.update(self._extracted)
+        return sum(drop_descriptors(images, sift_params(self.config), self.context)
+                   for images in lists.values())
 
     def vectors(self, descriptors: np.ndarray) -> np.ndarray:
         """Stored uint8 descriptors as the float32 vectors the vocabulary sees."""

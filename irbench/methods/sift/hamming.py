@@ -105,7 +105,14 @@ from irbench.methods.sift.invfile import (
     new_array,
     read_rows,
 )
-from irbench.methods.sift.keypoints import FEATURE_BLOCK, SiftOptions
+from irbench.methods.sift.keypoints import (
+    ANGLE_LEVELS,
+    FEATURE_BLOCK,
+    SCALE_CODES_PER_OCTAVE,
+    SiftOptions,
+    angle_codes,
+    scale_codes,
+)
 from irbench.methods.sift.vocabulary import (
     VocabularyOptions,
     sample_indices,
@@ -124,8 +131,6 @@ __all__ = [
     "HeWgcMethod",
 ]
 
-ANGLE_LEVELS = 256
-SCALE_CODES_PER_OCTAVE = 16
 
 WGC_PRIOR_TURNS: dict[str, tuple[int, ...]] = {
     "none": (),
@@ -309,19 +314,6 @@ def train_embedding(vectors: np.ndarray, words: np.ndarray, n_words: int, bits: 
     z = vectors @ projection.T
     thresholds = grouped_medians(z, words, n_words, min_count)
     return HammingEmbedding(projection, thresholds)
-
-
-def angle_codes(angle: np.ndarray) -> np.ndarray:
-    """uint8 orientation codes: angle (radians) · 256 / 2π, mod 256."""
-    a = np.floor(np.asarray(angle, np.float64) * (ANGLE_LEVELS / (2 * np.pi)))
-    return np.mod(a, ANGLE_LEVELS).astype(np.uint8)
-
-
-def scale_codes(scale: np.ndarray) -> np.ndarray:
-    """uint8 scale codes: round(16 · log2(size)), clipped to 0..255 (sizes 1 to 2^16)."""
-    s = np.maximum(np.asarray(scale, np.float64), 1e-6)
-    code = np.rint(SCALE_CODES_PER_OCTAVE * np.log2(s))
-    return np.clip(code, 0, 255).astype(np.uint8)
 
 
 # -- the index ------------------------------------------------------------------------
@@ -595,13 +587,9 @@ class HammingEmbeddingMethod(SiftVocabularyMethod):
         def compute() -> dict[str, Any]:
             feats = self.features(role, images)
             sig = emb.signatures(feats.descriptors, words, prepare=self.vectors)
-            n, block = feats.n_features, FEATURE_BLOCK  # codes a block at a time too
-            angles, scales = np.empty(n, np.uint8), np.empty(n, np.uint8)
-            for begin, a, s in zip(range(0, n, block), iter_blocks(feats.angle, block),
-                                   iter_blocks(feats.scale, block), strict=True):
-                angles[begin:begin + len(a)] = angle_codes(a)
-                scales[begin:begin + len(s)] = scale_codes(s)
-            return {"signatures": sig, "angles": angles, "scales": scales}
+            # the features store WGC's codes (keypoints.angle_codes / scale_codes)
+            return {"signatures": sig, "angles": np.asarray(feats.angle_code, np.uint8),
+                    "scales": np.asarray(feats.scale_code, np.uint8)}
 
         art = self.cached("signatures", compute,
                           inputs={"embedding": self._embedding_id,

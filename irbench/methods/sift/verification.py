@@ -61,6 +61,15 @@ How a query is verified (the result is that of verifying image by image, which
   memory, and each query ships only its own features and shortlist. Each query's result
   depends on that query alone, so the rankings do not depend on the number of workers.
 
+What a verifier holds of the database: nothing per feature in memory. Its words sorted
+by (image, word) and their feature order are a cached stage (`word-order`, 12 bytes per
+feature, built a block of images at a time: `database_word_order`), and the geometry is
+the SIFT features' own quantised columns (`StoredGeometry`, 6 bytes per feature), both
+memory-mapped: a query reads the rows of its shortlist only. The geometry the verifiers
+see is decoded from the stored codes (a quarter pixel, 1/256 of a turn, 1/16 of an
+octave: `keypoints`), which moves their mAP by a few tenths of a point on `demo` (README,
+"Compact SIFT storage").
+
 `match_hamming_threshold` (off by default: 64 >= `signature_bits`) keeps only the pairs
 whose Hamming-embedding signatures (`hamming.HammingEmbedding`) are within that many
 bits, before the cap: not in the verification papers, but it removes most false pairs
@@ -72,7 +81,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,23 +93,38 @@ from irbench.core.parallel import parallel_map
 from irbench.core.search import topk_from_scores
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
-from irbench.methods.base import QUERY_STAGE, RunContext
+from irbench.methods.base import QUERY_STAGE, RunContext, Stage
 from irbench.methods.sift.bow import TFIDF_STAGE
 from irbench.methods.sift.hamming import (
+    HAMMING_STAGES,
     INDEX_STAGE,
     HammingEmbeddingMethod,
     HammingIndex,
     HammingOptions,
     ScanSettings,
 )
-from irbench.methods.sift.invfile import TfIdfIndex, ranges
-from irbench.methods.sift.keypoints import SiftOptions
+from irbench.methods.sift.invfile import (
+    BUILD_BLOCK,
+    TfIdfIndex,
+    image_blocks,
+    new_array,
+    ranges,
+    read_rows,
+)
+from irbench.methods.sift.keypoints import (
+    SiftOptions,
+    decode_angle,
+    decode_scale,
+    decode_xy,
+)
 from irbench.methods.sift.vocabulary import VocabularyOptions
 
 __all__ = [
     "VerificationOptions",
     "VerificationConfig",
     "Geometry",
+    "StoredGeometry",
+    "database_word_order",
     "tentative_matches",
     "shortlist_matches",
     "word_multiplicity",
@@ -164,6 +188,62 @@ class Geometry:
 
     def __len__(self) -> int:
         return len(self.x)
+
+
+@dataclass
+class StoredGeometry:
+    """Keypoint geometry as the SIFT features store it (`keypoints` module docstring:
+    quarter-pixel uint16 positions, uint8 angle and scale codes, 6 bytes per feature),
+    usually memory-mapped: `take` reads and decodes only the rows asked for, so a
+    verifier touches the geometry of its shortlist alone."""
+
+    xq: Any
+    yq: Any
+    angle_code: Any
+    scale_code: Any
+
+    def take(self, index: np.ndarray) -> Geometry:
+        """The rows `index`, decoded, as float64."""
+        return Geometry(*(np.asarray(decode(a[index]), np.float64) for decode, a in (
+            (decode_xy, self.xq), (decode_xy, self.yq), (decode_angle, self.angle_code),
+            (decode_scale, self.scale_code))))
+
+    def arrays(self) -> dict[str, Any]:
+        return {"xq": self.xq, "yq": self.yq, "angle_code": self.angle_code,
+                "scale_code": self.scale_code}
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays().values()))
+
+    def __len__(self) -> int:
+        return len(self.xq)
+
+
+WORD_ORDER_STAGE = "word-order"
+"""The cached stage of the database's words sorted by (image, word) and the feature index
+of each (`database_word_order`), read memory-mapped by every verifier."""
+
+
+def database_word_order(words: Any, offsets: np.ndarray, folder: Path | None = None,
+                        block_features: int = BUILD_BLOCK) -> dict[str, np.ndarray]:
+    """{"sorted_words": uint32[F], "order": int64[F]}: each image's words in increasing
+    order (stable: equal words keep their feature order) and the feature index of each,
+    as one lexsort by (image, word) orders them; built a block of images at a time into
+    `folder` (.npy files, memory-mapped) or in memory when `folder` is None."""
+    offsets = np.asarray(offsets, np.int64)
+    n = int(offsets[-1])
+    sorted_words = new_array(folder, "sorted_words", np.uint32, (n,))
+    order = new_array(folder, "order", np.int64, (n,))
+    for begin, end in image_blocks(offsets, block_features):
+        a, b = int(offsets[begin]), int(offsets[end])
+        w = read_rows(words, a, b).astype(np.int64)
+        image = np.repeat(np.arange(end - begin, dtype=np.int64),
+                          np.diff(offsets[begin:end + 1]))
+        local = np.lexsort((w, image))
+        sorted_words[a:b] = w[local]
+        order[a:b] = local + a
+    return {"sorted_words": sorted_words, "order": order}
 
 
 def word_multiplicity(words: np.ndarray) -> np.ndarray:
@@ -231,7 +311,7 @@ def shortlist_matches(query_words: np.ndarray, images: np.ndarray, db_offsets: n
     lengths = np.asarray(db_offsets, np.int64)[images + 1] - starts
     pos = ranges(starts, lengths)  # the images' features, sorted by (image, word)
     image = np.repeat(np.arange(n_images, dtype=np.int64), lengths)
-    word = np.asarray(db_sorted_words, np.int64)[pos]
+    word = np.asarray(db_sorted_words[pos], np.int64)  # reads the shortlist's rows only
     lo = np.searchsorted(q_sorted, word, side="left")
     n_query = np.searchsorted(q_sorted, word, side="right") - lo
     hit = np.flatnonzero(n_query)
@@ -251,7 +331,7 @@ def shortlist_matches(query_words: np.ndarray, images: np.ndarray, db_offsets: n
     repeats = np.repeat(pairs_of_word, n_query)
     order = np.lexsort((pos, q_idx, image))  # per image: query feature, then database order
     q_idx, image, repeats = q_idx[order], image[order], repeats[order]
-    d_idx = np.asarray(db_order, np.int64)[pos[order]]
+    d_idx = np.asarray(db_order[pos[order]], np.int64)
     if hamming is not None:
         q_sig, d_sig, threshold = hamming
         close = np.bitwise_count(q_sig[q_idx] ^ d_sig[d_idx]) <= threshold
@@ -340,6 +420,8 @@ class VerificationMethod(HammingEmbeddingMethod):
     `Config` (inheriting `VerificationConfig` and their own options) and `inliers`."""
 
     Config = VerificationConfig
+    stages: ClassVar[Mapping[str, Stage]] = {
+        **HAMMING_STAGES, WORD_ORDER_STAGE: Stage(after=("words",), shared=True)}
     Options: ClassVar[type | None] = None
     """The verifier's own options dataclass (its fields are part of `Config`); `__init__`
     builds `self.options` from the config's values."""
@@ -356,7 +438,7 @@ class VerificationMethod(HammingEmbeddingMethod):
         if cfg.max_pairs_per_word < 1 or cfg.max_matches < 1:
             raise ConfigError("max_pairs_per_word and max_matches must be >= 1")
         self._first: TfIdfIndex | HammingIndex | None = None
-        self._db_geometry: Geometry | None = None
+        self._db_geometry: Geometry | StoredGeometry | None = None
         self._db_offsets = np.zeros(1, np.int64)
         self._db_sorted_words = np.zeros(0, np.int64)
         self._db_order = np.zeros(0, np.int64)
@@ -407,19 +489,28 @@ class VerificationMethod(HammingEmbeddingMethod):
                     words, offsets, n_words, folder=folder).arrays(), inputs=inputs))
         feats = self.features("database", database)
         self.forget_features()
-        self.load_index(self._first, _geometry(feats), words, offsets)
+        order = self.cached_files(
+            WORD_ORDER_STAGE, lambda folder: database_word_order(words, offsets, folder),
+            inputs=inputs)
+        self.load_index(self._first, _geometry(feats), words, offsets,
+                        word_order=(order["sorted_words"], order["order"]))
         self._info["postings"] = int(self._first.invfile.n_postings)
 
-    def load_index(self, first: TfIdfIndex | HammingIndex, geometry: Geometry,
-                   words: np.ndarray, offsets: np.ndarray) -> None:
+    def load_index(self, first: TfIdfIndex | HammingIndex,
+                   geometry: Geometry | StoredGeometry, words: np.ndarray,
+                   offsets: np.ndarray,
+                   word_order: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Install a first-stage index and the database's keypoint geometry, words and
-        per-image `offsets` (what `index` builds; benchmarks pass synthetic ones)."""
+        per-image `offsets` (what `index` builds; benchmarks pass synthetic ones).
+        `word_order` is (sorted words, feature order) as `database_word_order` makes
+        them (the stored, memory-mapped ones); made in memory from `words` when None."""
         self._first = first
         self._db_geometry = geometry
         self._db_offsets = np.asarray(offsets, np.int64)
-        image = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
-        self._db_order = np.lexsort((np.asarray(words, np.int64), image))
-        self._db_sorted_words = np.asarray(words, np.int64)[self._db_order]
+        if word_order is None:
+            made = database_word_order(words, self._db_offsets)
+            word_order = (made["sorted_words"], made["order"])
+        self._db_sorted_words, self._db_order = word_order
 
     def _first_stage_scores(self, queries: Sequence[Query], words: np.ndarray,
                             offsets: np.ndarray) -> list[np.ndarray]:
@@ -601,12 +692,13 @@ class VerificationMethod(HammingEmbeddingMethod):
         workers map into memory: written once per `query`, not shipped per query)."""
         g = self._db_geometry
         arrays = {"offsets": self._db_offsets, "words": self._db_sorted_words,
-                  "order": self._db_order, "x": g.x, "y": g.y, "angle": g.angle,
-                  "scale": g.scale}
+                  "order": self._db_order}
+        arrays.update(g.arrays() if isinstance(g, StoredGeometry) else
+                      {"x": g.x, "y": g.y, "angle": g.angle, "scale": g.scale})
         if self._db_signatures is not None:
             arrays["signatures"] = self._db_signatures
-        for name, a in arrays.items():
-            np.save(folder / f"{name}.npy", np.asarray(a))
+        for name, a in arrays.items():  # a block at a time: the source may be mapped
+            _save_blocks(folder / f"{name}.npy", a)
 
     def _attach_database(self, folder: Path) -> None:
         """Map the arrays `_share_database` wrote (read-only)."""
@@ -616,22 +708,37 @@ class VerificationMethod(HammingEmbeddingMethod):
 
         self._db_offsets, self._db_sorted_words = load("offsets"), load("words")
         self._db_order = load("order")
-        self._db_geometry = Geometry(load("x"), load("y"), load("angle"), load("scale"))
+        if (folder / "xq.npy").exists():
+            self._db_geometry = StoredGeometry(load("xq"), load("yq"), load("angle_code"),
+                                               load("scale_code"))
+        else:
+            self._db_geometry = Geometry(load("x"), load("y"), load("angle"), load("scale"))
         self._db_signatures = load("signatures")
 
     def index_bytes(self) -> int | None:
         if self._first is None or self._db_geometry is None:
             return None
-        geometry = sum(a.nbytes for a in (self._db_geometry.x, self._db_geometry.y,
-                                          self._db_geometry.angle, self._db_geometry.scale))
+        g = self._db_geometry
+        geometry = (g.nbytes if isinstance(g, StoredGeometry) else
+                    sum(a.nbytes for a in (g.x, g.y, g.angle, g.scale)))
         return int(self._first.nbytes + geometry + self._db_sorted_words.nbytes
                    + self._db_order.nbytes)
 
 
-def _geometry(feats: Any) -> Geometry:
-    """The keypoint geometry of `Features`, kept as float32 (16 bytes per feature)."""
-    return Geometry(*(np.asarray(getattr(feats, f), np.float32)
-                      for f in ("x", "y", "angle", "scale")))
+def _geometry(feats: Any) -> StoredGeometry:
+    """The keypoint geometry of `Features` as stored (6 bytes per feature, mapped)."""
+    return StoredGeometry(feats.xq, feats.yq, feats.angle_code, feats.scale_code)
+
+
+def _save_blocks(path: Path, array: Any, block: int = 1 << 22) -> None:
+    """`array` (in memory, memory-mapped or a `ConcatRows`) saved as `path` a block of
+    rows at a time."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=array.dtype,
+                                    shape=tuple(array.shape))
+    for begin in range(0, len(array), block):
+        out[begin:begin + block] = read_rows(array, begin, begin + block)
+    out.flush()
+    del out
 
 
 _WORKER_METHOD: dict[str, VerificationMethod] = {}
