@@ -136,9 +136,9 @@ def test_query_crop_is_described_in_full_image_frame(tmp_path):
     feats = extract_features([Query("q", path, box=box, crop=True)], params, ctx)
     ref = extract_image(crop_path, None, params)
     assert feats.n_features == len(ref["x"]) > 0
-    # stored in quarter pixels: within 1/8 pixel of the crop's own keypoints
-    np.testing.assert_allclose(feats.x, ref["x"] + 30, atol=0.125 + 1e-4)
-    np.testing.assert_allclose(feats.y, ref["y"] + 20, atol=0.125 + 1e-4)
+    # stored in steps of 1/128 pixel (a 160-pixel image): within half a step
+    np.testing.assert_allclose(feats.x, ref["x"] + 30, atol=1 / 256 + 1e-4)
+    np.testing.assert_allclose(feats.y, ref["y"] + 20, atol=1 / 256 + 1e-4)
     np.testing.assert_array_equal(feats.descriptors, ref["descriptors"])
     # crop=False: the whole image, the box ignored
     full = extract_features([Query("q", path, box=box, crop=False)], params, ctx)
@@ -489,44 +489,70 @@ def test_one_vocabulary_serves_every_sift_method_with_its_defaults(tmp_path):
 
 
 def test_stored_geometry_is_quantised_within_its_steps(tmp_path):
-    """The extraction stores 6 bytes of geometry per feature; decoded, it is within a
-    quarter pixel / 1/256 turn / 1/16 octave of OpenCV's values, and its angle and scale
-    codes are exactly WGC's codes of the float32 values (so HE+WGC does not move)."""
+    """The extraction stores 7 bytes of geometry per feature; decoded, it is within a
+    quarter pixel / 1/65,536 turn / 1/16 octave of OpenCV's values, and its angle and
+    scale codes give exactly WGC's codes of the float32 values (HE+WGC does not move)."""
     from irbench.methods.sift.keypoints import (
         angle_codes,
         compact_geometry,
         decode_angle,
         decode_scale,
-        decode_xy,
         scale_codes,
+        wgc_angle_codes,
     )
 
     path = write(tmp_path / "s.png", scene(3))
     ref = extract_image(path, None, SiftParams())
     ctx = RunContext(cache=Cache(tmp_path / "cache"), workers=1)
     feats = extract_features([Image("s", path)], SiftParams(), ctx)
-    assert feats.xq.dtype == np.uint16 and feats.angle_code.dtype == np.uint8
+    assert feats.xq.dtype == np.uint16 and feats.angle_code.dtype == np.uint16
     assert feats.n_features == len(ref["x"]) > 0
-    assert np.abs(feats.x - ref["x"]).max() <= 0.125 + 1e-6
-    assert np.abs(feats.y - ref["y"]).max() <= 0.125 + 1e-6
+    half_step = 2.0 ** (int(feats.xy_exponent[0]) - 1)
+    assert np.abs(feats.x - ref["x"]).max() <= half_step + 1e-6
+    assert np.abs(feats.y - ref["y"]).max() <= half_step + 1e-6
     turn = np.abs(feats.angle - ref["angle"])
-    assert np.minimum(turn, 2 * math.pi - turn).max() <= math.pi / 256 + 1e-6
+    assert np.minimum(turn, 2 * math.pi - turn).max() <= math.pi / 65536 + 1e-6
     assert np.abs(np.log2(feats.scale / ref["scale"])).max() <= 1 / 32 + 1e-6
-    np.testing.assert_array_equal(feats.angle_code, angle_codes(ref["angle"]))
+    np.testing.assert_array_equal(wgc_angle_codes(feats.angle_code), angle_codes(ref["angle"]))
     np.testing.assert_array_equal(feats.scale_code, scale_codes(ref["scale"]))
     # the codes survive a decode / encode round trip (a stored feature is a fixed point)
-    again = compact_geometry({"descriptors": feats.descriptors, "x": decode_xy(feats.xq),
-                              "y": decode_xy(feats.yq),
+    again = compact_geometry({"descriptors": feats.descriptors, "x": feats.x, "y": feats.y,
+                              "image_shape": ref["image_shape"],
                               "angle": decode_angle(feats.angle_code),
                               "scale": decode_scale(feats.scale_code)})
-    for name in ("xq", "yq", "angle_code", "scale_code"):
+    for name in ("xq", "yq", "angle_code", "scale_code", "xy_exponent"):
         np.testing.assert_array_equal(again[name], getattr(feats, name))
 
 
-def test_position_beyond_the_stored_range_names_the_image():
-    from irbench.methods.sift.keypoints import ImageTooLargeError, compact_geometry
+def test_position_step_follows_the_image_size():
+    from irbench.methods.sift.keypoints import decode_xy, xy_exponent
 
-    arrays = {"descriptors": np.zeros((1, 128), np.uint8), "x": np.array([20000.0]),
-              "y": np.array([3.0]), "angle": np.zeros(1), "scale": np.ones(1)}
-    with pytest.raises(ImageTooLargeError, match="panorama.jpg.*20000.0 px"):
-        compact_geometry(arrays, "panorama.jpg")
+    assert xy_exponent(320, 240) == -7 and xy_exponent(1024, 768) == -5
+    assert xy_exponent(65535, 10) == 0 and xy_exponent(200000, 10) == 2
+    assert xy_exponent(8, 8) == -8  # the finest step
+    for side in (1, 255, 256, 1023, 1024, 4095, 65535, 65536, 10**6):
+        e = xy_exponent(side, 1)
+        edge = np.array([-0.5, side - 0.5])  # the outermost pixel edges
+        q = np.rint((edge + 0.5) * 2.0 ** -e)
+        assert q.max() <= 65535, side
+        np.testing.assert_allclose(decode_xy(q.astype(np.uint16), e), edge,
+                                   atol=2.0 ** (e - 1) + 1e-6)
+
+
+def test_wgc_codes_of_stored_angles_equal_wgc_codes_of_the_angles():
+    """The stored 16-bit orientation's top byte is HE+WGC's 8-bit code, bit for bit, at
+    and around every one of its 256 boundaries."""
+    from irbench.methods.sift.keypoints import (
+        angle_codes,
+        stored_angle_codes,
+        wgc_angle_codes,
+    )
+
+    edges = np.arange(257) * (2 * np.pi / 256)
+    near = np.concatenate([np.nextafter(edges.astype(np.float32), -np.inf), edges,
+                           np.nextafter(edges.astype(np.float32), np.inf)])
+    angles = np.concatenate([near, np.random.default_rng(0).uniform(0, 2 * np.pi, 100000)]
+                            ).astype(np.float32)
+    angles = angles[angles >= 0]
+    np.testing.assert_array_equal(wgc_angle_codes(stored_angle_codes(angles)),
+                                  angle_codes(angles))

@@ -96,7 +96,7 @@ def executor_options(fn):
               metavar="N", help="Rank and evaluate N queries at a time; 0 picks as many as "
                                 "fit in 256 MiB of rankings at the run's depth.")
 @click.option("--drop-descriptors", is_flag=True,
-              help="When the run is done, delete its cached SIFT descriptors (128 of the 134 "
+              help="When the run is done, delete its cached SIFT descriptors (128 of the 135 "
                    "bytes a feature takes), keeping the geometry and everything computed "
                    "from them; a later run that needs them extracts SIFT again.")
 @common_paths

@@ -112,6 +112,7 @@ from irbench.methods.sift.keypoints import (
     SiftOptions,
     angle_codes,
     scale_codes,
+    wgc_angle_codes,
 )
 from irbench.methods.sift.vocabulary import (
     VocabularyOptions,
@@ -587,8 +588,8 @@ class HammingEmbeddingMethod(SiftVocabularyMethod):
         def compute() -> dict[str, Any]:
             feats = self.features(role, images)
             sig = emb.signatures(feats.descriptors, words, prepare=self.vectors)
-            # the features store WGC's codes (keypoints.angle_codes / scale_codes)
-            return {"signatures": sig, "angles": np.asarray(feats.angle_code, np.uint8),
+            # WGC's codes, from the stored ones (keypoints.wgc_angle_codes, scale_codes)
+            return {"signatures": sig, "angles": wgc_angle_codes(feats.angle_code),
                     "scales": np.asarray(feats.scale_code, np.uint8)}
 
         art = self.cached("signatures", compute,

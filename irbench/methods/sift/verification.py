@@ -64,11 +64,10 @@ How a query is verified (the result is that of verifying image by image, which
 What a verifier holds of the database: nothing per feature in memory. Its words sorted
 by (image, word) and their feature order are a cached stage (`word-order`, 12 bytes per
 feature, built a block of images at a time: `database_word_order`), and the geometry is
-the SIFT features' own quantised columns (`StoredGeometry`, 6 bytes per feature), both
+the SIFT features' own quantised columns (`StoredGeometry`, 7 bytes per feature), both
 memory-mapped: a query reads the rows of its shortlist only. The geometry the verifiers
-see is decoded from the stored codes (a quarter pixel, 1/256 of a turn, 1/16 of an
-octave: `keypoints`), which moves their mAP by a few tenths of a point on `demo` (README,
-"Compact SIFT storage").
+see is decoded from the stored codes (a quarter pixel, 1/65,536 of a turn, 1/16 of an
+octave: `keypoints`); README "Compact SIFT storage" measures what that does to their mAP.
 
 `match_hamming_threshold` (off by default: 64 >= `signature_bits`) keeps only the pairs
 whose Hamming-embedding signatures (`hamming.HammingEmbedding`) are within that many
@@ -193,24 +192,30 @@ class Geometry:
 @dataclass
 class StoredGeometry:
     """Keypoint geometry as the SIFT features store it (`keypoints` module docstring:
-    quarter-pixel uint16 positions, uint8 angle and scale codes, 6 bytes per feature),
-    usually memory-mapped: `take` reads and decodes only the rows asked for, so a
-    verifier touches the geometry of its shortlist alone."""
+    uint16 positions in steps of 2^e pixels per image, uint16 orientation and uint8 scale
+    codes, 7 bytes per feature), usually memory-mapped: `take` reads and decodes only the
+    rows asked for, so a verifier touches the geometry of its shortlist alone. `offsets`
+    are the images' feature ranges and `xy_exponent` their e."""
 
     xq: Any
     yq: Any
     angle_code: Any
     scale_code: Any
+    offsets: np.ndarray
+    xy_exponent: np.ndarray
 
     def take(self, index: np.ndarray) -> Geometry:
         """The rows `index`, decoded, as float64."""
-        return Geometry(*(np.asarray(decode(a[index]), np.float64) for decode, a in (
-            (decode_xy, self.xq), (decode_xy, self.yq), (decode_angle, self.angle_code),
-            (decode_scale, self.scale_code))))
+        index = np.asarray(index, np.int64)
+        image = np.searchsorted(self.offsets, index, side="right") - 1
+        e = np.asarray(self.xy_exponent)[image]
+        return Geometry(*(np.asarray(v, np.float64) for v in (
+            decode_xy(self.xq[index], e), decode_xy(self.yq[index], e),
+            decode_angle(self.angle_code[index]), decode_scale(self.scale_code[index]))))
 
     def arrays(self) -> dict[str, Any]:
         return {"xq": self.xq, "yq": self.yq, "angle_code": self.angle_code,
-                "scale_code": self.scale_code}
+                "scale_code": self.scale_code, "xy_exponent": self.xy_exponent}
 
     @property
     def nbytes(self) -> int:
@@ -710,7 +715,8 @@ class VerificationMethod(HammingEmbeddingMethod):
         self._db_order = load("order")
         if (folder / "xq.npy").exists():
             self._db_geometry = StoredGeometry(load("xq"), load("yq"), load("angle_code"),
-                                               load("scale_code"))
+                                               load("scale_code"), self._db_offsets,
+                                               load("xy_exponent"))
         else:
             self._db_geometry = Geometry(load("x"), load("y"), load("angle"), load("scale"))
         self._db_signatures = load("signatures")
@@ -726,8 +732,9 @@ class VerificationMethod(HammingEmbeddingMethod):
 
 
 def _geometry(feats: Any) -> StoredGeometry:
-    """The keypoint geometry of `Features` as stored (6 bytes per feature, mapped)."""
-    return StoredGeometry(feats.xq, feats.yq, feats.angle_code, feats.scale_code)
+    """The keypoint geometry of `Features` as stored (7 bytes per feature, mapped)."""
+    return StoredGeometry(feats.xq, feats.yq, feats.angle_code, feats.scale_code,
+                          feats.offsets, feats.xy_exponent)
 
 
 def _save_blocks(path: Path, array: Any, block: int = 1 << 22) -> None:
