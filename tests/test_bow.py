@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -216,6 +217,61 @@ def test_hnsw_kmeans_is_seeded_and_close_to_exact():
     assert (exact == approx).mean() > 0.99
 
 
+def _kmeans_in_one_faiss_call(x, k, niter, seed, hnsw):
+    """What `train_kmeans` computed before it reported progress: one `Clustering.train`
+    of `niter` iterations (its centroids, and its iteration statistics)."""
+    import faiss
+
+    from irbench.methods.sift.vocabulary import _hnsw_index
+
+    n, d = x.shape
+    clustering = faiss.Clustering(d, k)
+    clustering.niter = niter
+    clustering.seed = seed
+    clustering.verbose = False
+    clustering.max_points_per_centroid = max(256, -(-n // k) + 1)
+    clustering.min_points_per_centroid = 1
+    clustering.train(x, _hnsw_index(d) if hnsw else faiss.IndexFlatL2(d))
+    stats = clustering.iteration_stats
+    return (faiss.vector_to_array(clustering.centroids).reshape(k, d),
+            [stats.at(i) for i in range(stats.size())])
+
+
+@pytest.fixture
+def one_faiss_thread():
+    """faiss on one thread: OpenMP threads that share busy cores wait on each other, and
+    this test compares runs of the same thread count (both paths use faiss's default)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
+@pytest.mark.parametrize("hnsw", [False, True], ids=["exact", "hnsw"])
+def test_kmeans_reports_each_iteration_and_keeps_the_centroids_of_one_faiss_call(
+        hnsw, one_faiss_thread):
+    """One faiss call per iteration, for the progress bar, gives the centroids of one call
+    of `niter` iterations bit for bit. The case has clusters that go empty and are split
+    (k close to n, duplicated points), faiss's early stop (objective unchanged), and an
+    HNSW graph large enough that the random levels of its nodes change assignments."""
+    x = np.random.default_rng(0).random((1200, 32), dtype=np.float32)
+    x[:40] = x[0]
+    expected, stats = _kmeans_in_one_faiss_call(x, 1000, 20, 0, hnsw)
+    assert sum(s.nsplit for s in stats) > 0  # the case exercises what it claims
+    assert len(stats) < 20  # faiss stopped early
+    steps = []
+    centroids = train_kmeans(x, 1000, niter=20, seed=0, hnsw=hnsw, progress=steps.append)
+    assert np.array_equal(centroids, expected)
+    # a step per iteration run, the rest at once when faiss stops early
+    assert steps == [1] * (len(stats) - 1) + [20 - len(stats) + 1]
+    steps.clear()
+    expected, _ = _kmeans_in_one_faiss_call(x, 1000, 3, 0, hnsw)
+    centroids = train_kmeans(x, 1000, niter=3, seed=0, hnsw=hnsw, progress=steps.append)
+    assert np.array_equal(centroids, expected) and steps == [1, 1, 1]
+
+
 def test_vocabulary_file_round_trip_and_errors(tmp_path):
     c = np.random.default_rng(0).random((10, 128), dtype=np.float32)
     save_vocabulary(tmp_path / "v.npy", c)
@@ -357,10 +413,30 @@ def test_invfile_per_feature_postings_with_columns():
 # -- the method ---------------------------------------------------------------------------
 
 
+class BarRecorder:
+    """A Progress that records each bar's total and steps."""
+
+    def __init__(self):
+        self.bars = {}
+
+    @contextlib.contextmanager
+    def task(self, description, total=None):
+        steps = []
+        self.bars[description] = (total, steps)
+        yield lambda n=1, status=None: steps.append(n)
+
+    def done(self, description):
+        """The total of a bar, which its steps (each of at least 1) must have reached."""
+        total, steps = self.bars[description]
+        assert sum(steps) == total and min(steps) >= 1, (description, total, steps)
+        return total
+
+
 def run_bow(root: Path, cache_dir: Path, config: BowConfig | None = None, *, n_train: int = 0,
-            workers: int = 1):
+            workers: int = 1, progress=None):
     database, queries, train = make_set(root, n_train=n_train)
-    ctx = RunContext(cache=Cache(cache_dir), workers=workers, dataset_id="synthetic@1")
+    ctx = RunContext(cache=Cache(cache_dir), workers=workers, dataset_id="synthetic@1",
+                     **({"progress": progress} if progress is not None else {}))
     method = BowMethod(config or small_config(), ctx)
     method.fit(train)
     method.index(database)
@@ -382,6 +458,16 @@ def test_bow_end_to_end_finds_originals(tmp_path):
     assert info["postings"] > 0
     assert method.index_bytes() > 0
     json.dumps(info)  # goes into the run record
+
+
+def test_bow_bars_for_kmeans_and_the_inverted_file_reach_their_totals(tmp_path):
+    bars = BarRecorder()
+    run_bow(tmp_path / "data", tmp_path / "cache", progress=bars)
+    assert bars.done("bow: k-means (256 words)") == 10  # kmeans_iterations
+    assert bars.done("bow: inverted file (2 passes)") == 24  # 12 images
+    again = BarRecorder()  # all cached: neither is computed, so no bar opens
+    run_bow(tmp_path / "data", tmp_path / "cache", progress=again)
+    assert not {d for d in again.bars if "k-means" in d or "inverted file" in d}
 
 
 def test_bow_index_is_cached_memory_mapped_and_ranks_the_same(tmp_path):

@@ -18,6 +18,7 @@ from irbench.methods.sift.hamming import (
     train_embedding,
 )
 from irbench.methods.sift.invfile import TfIdfIndex
+from tests.test_bow import BarRecorder
 
 
 def _clustered(rng, n_words=4, per_word=600, dim=128, spread=0.3):
@@ -306,11 +307,16 @@ def test_he_wgc_on_demo_ranks_positives_first(tmp_path):
     from irbench.harness.evaluate import evaluate
 
     ds = _demo(tmp_path)
-    method = HeWgcMethod(context=RunContext.in_memory(dataset_id="demo@test"))
+    bars = BarRecorder()
+    method = HeWgcMethod(context=RunContext.in_memory(dataset_id="demo@test", progress=bars))
     method.fit(ds.train)
     method.index(ds.database)
     ranks, scores = method.query(ds.queries, len(ds.database))
     assert ranks.shape == (len(ds.queries), len(ds.database))
+    words = method.info()["vocabulary_size"]
+    n = len(ds.database)
+    assert bars.done(f"he-wgc: k-means ({words} words)") == method.config.kmeans_iterations
+    assert bars.done("he-wgc: inverted file (2 passes)") == 2 * n
     info = method.info()
     assert info["postings"] == info["database_features"]
     assert info["postings_scanned"] > 0

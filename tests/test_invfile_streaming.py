@@ -13,6 +13,7 @@ from irbench.methods.sift.hamming import HammingIndex, HeWgcMethod, ScanSettings
 from irbench.methods.sift.invfile import (
     InvertedFile,
     TfIdfIndex,
+    build_steps,
     image_blocks,
 )
 
@@ -110,6 +111,26 @@ def test_streaming_tfidf_build_equals_the_global_sort(block_features):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(got.scores(qwords, qoffsets), ref.scores(qwords, qoffsets))
+
+
+@pytest.mark.parametrize("block_features", [1, 17, 1 << 20])
+def test_streaming_builds_move_their_bar_per_block_to_its_total(block_features):
+    """Each pass moves the bar by the images of every block once the block is done, so the
+    bar reaches `build_steps` (empty images and an empty database included)."""
+    words, offsets, sig, ang, sca = database()
+    blocks = [end - begin for begin, end in image_blocks(offsets, block_features)]
+    for build in (HammingIndex.build, TfIdfIndex.build):
+        steps = []
+        columns = (sig, ang, sca) if build == HammingIndex.build else ()
+        build(words, offsets, N_WORDS, *columns, block_features=block_features,
+              progress=steps.append)
+        assert steps == blocks * 2
+        assert sum(steps) == build_steps(len(offsets) - 1) == 2 * 60
+    empty = np.zeros(0, np.uint32)
+    for n_images in (0, 3):
+        steps = []
+        TfIdfIndex.build(empty, np.zeros(n_images + 1, np.int64), 5, progress=steps.append)
+        assert sum(steps) == build_steps(n_images)
 
 
 def _mapped(tmp_path, name, array):

@@ -25,19 +25,22 @@ database's inverted file, built streaming and memory-mapped); see `SIFT_STAGES`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from irbench.core.cache import release_pages
+from irbench.core.progress import Advance
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError, IrbenchError
 from irbench.methods.base import Method, Stage
-from irbench.methods.sift.invfile import TfIdfIndex
+from irbench.methods.sift.invfile import TfIdfIndex, build_steps
 from irbench.methods.sift.keypoints import (
     DESCRIPTOR_DIM,
     SIFT_STAGE,
@@ -197,9 +200,12 @@ class SiftVocabularyMethod(Method):
             idx = sample_indices(n, training_sample_size(
                 size, cfg.training_descriptors_per_word, n), self.context.seed)
             x = self.vectors(feats.descriptors[idx])
-            centroids = train_kmeans(x, size, niter=cfg.kmeans_iterations,
-                                     seed=self.context.seed,
-                                     hnsw=use_hnsw(cfg.kmeans_assignment, size))
+            with self.context.progress.task(f"{self.name}: k-means ({size} words)",
+                                            total=cfg.kmeans_iterations) as bar:
+                centroids = train_kmeans(x, size, niter=cfg.kmeans_iterations,
+                                         seed=self.context.seed,
+                                         hnsw=use_hnsw(cfg.kmeans_assignment, size),
+                                         progress=bar)
             return {"centroids": centroids,
                     "n_training_images": len(images),
                     "n_available_descriptors": n,
@@ -250,6 +256,12 @@ class SiftVocabularyMethod(Method):
         self._set_vocabulary(centroids, f"file-{digest}", reused=True)
         self._info["vocabulary_trained_on"] = f"file:{path}"
         return self._vocabulary
+
+    def inverted_file_bar(self, n_images: int) -> contextlib.AbstractContextManager[Advance]:
+        """The progress bar of a streaming inverted-file build over `n_images` database
+        images: each image once in each of its two passes (`invfile.build_steps`)."""
+        return self.context.progress.task(f"{self.name}: inverted file (2 passes)",
+                                          total=build_steps(n_images))
 
     def words(self, role: str, images: Sequence[Image | Query]) -> tuple[np.ndarray, np.ndarray]:
         """(word id of every feature uint32[F], per-image offsets int64[n+1]), cached in
@@ -346,10 +358,14 @@ class BowMethod(SiftVocabularyMethod):
         """Build (or load from the cache, memory-mapped) the database's inverted file."""
         words, offsets = self.prepare_database(database)
         n_words = self._vocabulary.size
-        art = self.cached_files(
-            TFIDF_STAGE,
-            lambda folder: TfIdfIndex.build(words, offsets, n_words, folder=folder).arrays(),
-            inputs={"vocabulary": self._vocabulary_id, "features": self.features_id(database)})
+
+        def write(folder: Path | None) -> dict[str, Any]:
+            with self.inverted_file_bar(len(offsets) - 1) as bar:
+                return TfIdfIndex.build(words, offsets, n_words, folder=folder,
+                                        progress=bar).arrays()
+
+        art = self.cached_files(TFIDF_STAGE, write, inputs={
+            "vocabulary": self._vocabulary_id, "features": self.features_id(database)})
         self._index = TfIdfIndex.from_arrays(art)
         self._info["postings"] = int(self._index.invfile.n_postings)
 

@@ -88,6 +88,7 @@ import numpy as np
 
 from irbench.core.cache import iter_blocks
 from irbench.core.config import param
+from irbench.core.progress import Advance
 from irbench.core.search import topk_from_scores
 from irbench.datasets.base import Image, Query
 from irbench.errors import ConfigError
@@ -377,11 +378,13 @@ class HammingIndex:
     @classmethod
     def build(cls, words: np.ndarray, offsets: np.ndarray, n_words: int,
               signatures: np.ndarray, angles: np.ndarray, scales: np.ndarray, *,
-              folder: Path | None = None, block_features: int = BUILD_BLOCK) -> HammingIndex:
+              folder: Path | None = None, block_features: int = BUILD_BLOCK,
+              progress: Advance | None = None) -> HammingIndex:
         """From per-feature word ids, per-image `offsets` int64[N+1], packed signatures
         and uint8 angle / scale codes, streaming over them (they may be memory-mapped)
         `block_features` at a time in two passes (module doc of `invfile`); the arrays
-        are `.npy` files in `folder` (see `arrays`), or in memory when None."""
+        are `.npy` files in `folder` (see `arrays`), or in memory when None. `progress`
+        moves by the images of each block in each pass (`invfile.build_steps`)."""
         offsets = np.asarray(offsets, np.int64)
         n = len(offsets) - 1
         check_lengths(offsets, words=words, signatures=signatures, angles=angles,
@@ -389,7 +392,7 @@ class HammingIndex:
         blocks = image_blocks(offsets, block_features)
         lengths = np.zeros(n_words, np.int64)  # pass 1: postings and images of each word
         df = np.zeros(n_words, np.int64)
-        for *_, word, tf in block_vectors(words, offsets, n_words, blocks):
+        for *_, word, tf in block_vectors(words, offsets, n_words, blocks, progress):
             # a word's postings are its features: the sum of its term counts (exact)
             lengths += np.bincount(word, weights=tf, minlength=n_words).astype(np.int64)
             df += np.bincount(word, minlength=n_words)
@@ -397,7 +400,8 @@ class HammingIndex:
         norms = new_array(folder, "norms", np.float32, (n,))
 
         def postings() -> Iterator[PostingBlock]:  # pass 2: the features, and the norms
-            for begin, end, image, word, tf in block_vectors(words, offsets, n_words, blocks):
+            for begin, end, image, word, tf in block_vectors(words, offsets, n_words, blocks,
+                                                             progress):
                 norms[begin:end] = np.sqrt(np.bincount(
                     image, weights=(tf * idf[word]) ** 2, minlength=end - begin))
                 lo, hi = int(offsets[begin]), int(offsets[end])
@@ -621,8 +625,9 @@ class HeWgcMethod(HammingEmbeddingMethod):
         def write(folder: Path | None) -> dict[str, np.ndarray]:
             sig, ang, sca = self.embedded("database", database, words)
             self.forget_features()
-            return HammingIndex.build(words, offsets, n_words, sig, ang, sca,
-                                      folder=folder).arrays()
+            with self.inverted_file_bar(len(offsets) - 1) as bar:
+                return HammingIndex.build(words, offsets, n_words, sig, ang, sca,
+                                          folder=folder, progress=bar).arrays()
 
         art = self.cached_files(INDEX_STAGE, write,
                                 inputs={"embedding": self._embedding_id,

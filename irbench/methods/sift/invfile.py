@@ -51,11 +51,12 @@ from typing import Any
 import numpy as np
 
 from irbench.core.cache import release_pages, release_rows
+from irbench.core.progress import Advance
 from irbench.core.search import topk_from_scores
 
 __all__ = ["InvertedFile", "TfIdfIndex", "ranges", "bow_vectors", "image_blocks",
            "read_rows", "new_array", "block_vectors", "idf_of", "check_lengths",
-           "BUILD_BLOCK"]
+           "BUILD_BLOCK", "build_steps"]
 
 BLOCK_ELEMENTS = 1 << 16
 """Dense scores accumulated per block of queries: small blocks keep `bincount`'s output
@@ -102,6 +103,12 @@ def image_blocks(offsets: np.ndarray, block_features: int = BUILD_BLOCK
         out.append((begin, end))
         begin = end
     return out
+
+
+def build_steps(n_images: int) -> int:
+    """The total a streaming build's `progress` reaches: it is called with the number of
+    images of each block, in each of the two passes."""
+    return 2 * int(n_images)
 
 
 def read_rows(array: Any, begin: int, end: int) -> np.ndarray:
@@ -331,16 +338,20 @@ def idf_of(df: np.ndarray, n: int) -> np.ndarray:
 
 
 def block_vectors(words: Any, offsets: np.ndarray, n_words: int,
-                   blocks: Iterable[tuple[int, int]]
+                   blocks: Iterable[tuple[int, int]], progress: Advance | None = None
                    ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
     """For each block of images [begin, end): (begin, end, and `bow_vectors` of its
     features: image int64[m] counted from `begin`, word int64[m], tf float64[m]), one
-    entry per distinct (image, word), sorted by image then word. Word ids are checked."""
+    entry per distinct (image, word), sorted by image then word. Word ids are checked.
+    `progress` is called with the block's number of images once the caller is done with
+    it (asks for the next block)."""
     for begin, end in blocks:
         w = read_rows(words, int(offsets[begin]), int(offsets[end])).astype(np.int64)
         if w.size and (w.min() < 0 or w.max() >= n_words):
             raise ValueError(f"word ids must lie in [0, {n_words})")
         yield begin, end, *bow_vectors(w, offsets[begin:end + 1] - offsets[begin], n_words)
+        if progress is not None:
+            progress(end - begin)
 
 
 def _normalized_weights(image: np.ndarray, word: np.ndarray, tf: np.ndarray, idf: np.ndarray,
@@ -377,21 +388,24 @@ class TfIdfIndex:
 
     @classmethod
     def build(cls, words: np.ndarray, offsets: np.ndarray, n_words: int, *,
-              folder: Path | None = None, block_features: int = BUILD_BLOCK) -> TfIdfIndex:
+              folder: Path | None = None, block_features: int = BUILD_BLOCK,
+              progress: Advance | None = None) -> TfIdfIndex:
         """From the word id of every database feature and per-image `offsets` (int64[N+1]),
         streaming over `words` (which may be memory-mapped) `block_features` at a time;
-        the arrays are `.npy` files in `folder` (see `arrays`), or in memory when None."""
+        the arrays are `.npy` files in `folder` (see `arrays`), or in memory when None.
+        `progress` moves by the images of each block in each pass (`build_steps`)."""
         offsets = np.asarray(offsets, np.int64)
         n = len(offsets) - 1
         check_lengths(offsets, words=words)
         blocks = image_blocks(offsets, block_features)
         df = np.zeros(n_words, np.int64)  # pass 1: images containing each word
-        for _, _, _, word, _ in block_vectors(words, offsets, n_words, blocks):
+        for _, _, _, word, _ in block_vectors(words, offsets, n_words, blocks, progress):
             df += np.bincount(word, minlength=n_words)
         idf = idf_of(df, n)
 
         def postings() -> Iterator[PostingBlock]:  # pass 2: weights, by (word, image)
-            for begin, end, image, word, tf in block_vectors(words, offsets, n_words, blocks):
+            for begin, end, image, word, tf in block_vectors(words, offsets, n_words, blocks,
+                                                             progress):
                 weight = _normalized_weights(image, word, tf, idf, end - begin)
                 yield word, image + begin, {"weight": weight.astype(np.float32)}
 

@@ -484,14 +484,21 @@ class VerificationMethod(HammingEmbeddingMethod):
         # the first stage's inverted file, as he-wgc and bow store it (the same shared
         # stages: memory-mapped, and built once for every method with these fields)
         if cfg.first_stage == "he-wgc":
+            def write(folder: Path | None) -> dict[str, Any]:
+                with self.inverted_file_bar(len(offsets) - 1) as bar:
+                    return HammingIndex.build(words, offsets, n_words, sig, ang, sca,
+                                              folder=folder, progress=bar).arrays()
+
             self._first = HammingIndex.from_arrays(self.cached_files(
-                INDEX_STAGE, lambda folder: HammingIndex.build(
-                    words, offsets, n_words, sig, ang, sca, folder=folder).arrays(),
-                inputs={"embedding": self._embedding_id, **inputs}))
+                INDEX_STAGE, write, inputs={"embedding": self._embedding_id, **inputs}))
         else:
+            def write(folder: Path | None) -> dict[str, Any]:
+                with self.inverted_file_bar(len(offsets) - 1) as bar:
+                    return TfIdfIndex.build(words, offsets, n_words, folder=folder,
+                                            progress=bar).arrays()
+
             self._first = TfIdfIndex.from_arrays(self.cached_files(
-                TFIDF_STAGE, lambda folder: TfIdfIndex.build(
-                    words, offsets, n_words, folder=folder).arrays(), inputs=inputs))
+                TFIDF_STAGE, write, inputs=inputs))
         feats = self.features("database", database)
         self.forget_features()
         order = self.cached_files(
