@@ -282,3 +282,26 @@ def test_a_computation_with_progress_moves_the_bar_per_item(tmp_path):
                                              shard_size=10)
     assert np.array_equal(art["v"], plain["v"]) and sum(steps) == 25
     assert WithProgress(compute)([3])[0]["v"].tolist() == [6]  # callable without a bar
+
+
+def test_a_verified_artifact_is_not_read_again_until_its_files_change(tmp_path, monkeypatch):
+    """The first load reads every array to verify its checksum; later loads of unchanged
+    files only stat them; a file written to since is read, and its damage found."""
+    from irbench.core import cache as cache_module
+
+    reads = []
+    real = cache_module._npy_checksum
+    monkeypatch.setattr(cache_module, "_npy_checksum", lambda f: reads.append(f) or real(f))
+    cache = Cache(tmp_path)
+    cache.load_or_compute("kind", {"k": 1}, lambda: {"a": np.arange(10), "b": np.ones(3)})
+    first = Cache(tmp_path).load_or_compute("kind", {"k": 1}, lambda: pytest.fail("computed"))
+    assert len(reads) == 2 and first["a"].tolist() == list(range(10))
+    Cache(tmp_path).load_or_compute("kind", {"k": 1}, lambda: pytest.fail("computed"))
+    assert len(reads) == 2  # stat only
+    file = next(tmp_path.rglob("a.npy"))
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF
+    file.write_bytes(bytes(data))
+    again = Cache(tmp_path).load_or_compute("kind", {"k": 1}, lambda: {"a": np.arange(10),
+                                                                       "b": np.ones(3)})
+    assert len(reads) == 3 and again["a"].tolist() == list(range(10))  # found, recomputed

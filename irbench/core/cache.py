@@ -854,9 +854,10 @@ def read_artifact(path: Path, key_hash: str) -> Artifact | None:
     Arrays come back memory-mapped and read-only: `.npy` files (rather than one `.npz`,
     zarr or HDF5) because numpy maps them with no extra dependency, a reader takes only
     the rows it touches, and a file is written and verified in blocks. The checksum of
-    every array is verified on each load by reading the file in 8 MiB blocks, so a load
-    costs a sequential read of the artifact but never its size in memory. Folders of the
-    older layout (`arrays.npz`) are read into memory as before.
+    every array is verified by reading the file in 8 MiB blocks (never its size in
+    memory) on the first load, and again on any load after the file's stat changed
+    (`VERIFIED`: its size, inode, mtime and ctime). Folders of the older layout
+    (`arrays.npz`) are read into memory as before.
     """
     meta_path = path / "meta.json"
     if not path.exists():
@@ -896,11 +897,16 @@ def read_artifact(path: Path, key_hash: str) -> Artifact | None:
             if files != {_array_file(path, name).name for name in expected}:
                 return _discard(path, f"{ARRAYS_DIR}/ holds other arrays than meta.json lists")
             arrays = {}
+            verified = _read_verified(path)
             for name in expected:
-                problem = _check_npy(_array_file(path, name), expected[name])
-                if problem:
-                    return _discard(path, f"array {name!r} {problem}")
-                arrays[name] = _map_npy(_array_file(path, name))
+                file = _array_file(path, name)
+                if verified.get(name) != _stamp(file, expected[name]):
+                    problem = _check_npy(file, expected[name])
+                    if problem:
+                        return _discard(path, f"array {name!r} {problem}")
+                arrays[name] = _map_npy(file)
+            _write_verified(path, {name: _stamp(_array_file(path, name), checksum)
+                                   for name, checksum in expected.items()}, verified)
     except Exception as exc:  # noqa: BLE001 - any damage means: recompute, never fail
         return _discard(path, f"{type(exc).__name__}: {exc}")
     seconds = record.get("compute_seconds")
@@ -913,6 +919,41 @@ def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
             else np.lib.format.read_array_header_2_0)
     return read(fh)
+
+
+VERIFIED = "verified.json"
+"""An artifact's memo of its verified array files: {name: [checksum, size, inode,
+mtime_ns, ctime_ns]}. A file whose stat is unchanged since its checksum was verified is
+not read again (a file written to changes its mtime and ctime, and the ctime cannot be
+set back), so reusing an artifact of many gigabytes costs a stat per array, not a read
+of the whole artifact; a copied cache (new inodes) is verified again."""
+
+
+def _stamp(file: Path, checksum: str) -> list[Any] | None:
+    try:
+        st = file.stat()
+    except OSError:
+        return None
+    return [checksum, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _read_verified(path: Path) -> dict[str, Any]:
+    try:
+        memo = json.loads((path / VERIFIED).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _write_verified(path: Path, stamps: dict[str, Any], old: dict[str, Any]) -> None:
+    """Keep the stamps of the files just verified (best effort: a cache folder this user
+    may not write to is verified in full next time, which costs time, not trust)."""
+    if stamps == old:
+        return
+    try:
+        atomic_write_text(path / VERIFIED, json.dumps(stamps))
+    except OSError as exc:
+        log.debug("cannot record the verification of %s: %s", path, exc)
 
 
 def _check_npy(file: Path, expected: str) -> str:
