@@ -112,6 +112,10 @@ class SlowColor(MeanColor):
         return super().encode(images)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 RUN_SLOW = """
 from irbench.cli.main import main
 from irbench.methods.registry import METHODS
@@ -130,8 +134,11 @@ def test_signal_ends_the_run_promptly(tmp_path, sig, code, line):
     args = ["run", "-m", "slow-color", "-d", f"manifest:{manifest}", "-q", "--no-record",
             "--cache-dir", str(tmp_path / "c")]
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        # as from a terminal: a shell's background job (a CI script started with `&`)
+        # passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
         child = subprocess.Popen([sys.executable, "-c", RUN_SLOW, *args], cwd=REPO, env=env,
-                                 stdout=out, stderr=err, start_new_session=True)
+                                 stdout=out, stderr=err, start_new_session=True,
+                                 preexec_fn=_default_sigint)
     pids: list[int] = []
     try:
         wait_for(lambda: len(pids_recorded(tmp_path, "w")) == 2, 120, "two workers to start")
