@@ -305,3 +305,24 @@ def test_a_verified_artifact_is_not_read_again_until_its_files_change(tmp_path, 
     again = Cache(tmp_path).load_or_compute("kind", {"k": 1}, lambda: {"a": np.arange(10),
                                                                        "b": np.ones(3)})
     assert len(reads) == 3 and again["a"].tolist() == list(range(10))  # found, recomputed
+
+
+def test_map_cached_uses_the_result_of_a_process_that_finished_first(tmp_path):
+    """Two processes compute one per-item artifact: the one that finishes first writes it
+    and deletes the shards; the other, finding the shards it meant to copy gone, uses
+    the stored artifact instead of failing (two people sharing a cache)."""
+    items = list(range(4))
+
+    def plain(chunk):
+        return [{"x": np.full(2, i)} for i in chunk]
+
+    def racing(chunk):
+        if chunk[0] == 2:  # meanwhile, another process completes the artifact
+            Cache(tmp_path).map_cached("kind", {"k": 1}, items, plain, shard_size=2)
+        return plain(chunk)
+
+    cache = Cache(tmp_path)
+    out = cache.map_cached("kind", {"k": 1}, items, racing, shard_size=2)
+    assert np.asarray(out["x"]).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert cache.events[-1].hit  # the other process's artifact
+    assert not list(tmp_path.rglob("*.shards"))

@@ -384,8 +384,22 @@ class Cache:
         nbytes = 0
         facts = dict(meta()) if meta is not None else {}
         if self.enabled:
-            _write_concatenated(final_path, shards, key_hash, {"kind": kind, **_json_key(key)},
-                                compute_seconds, facts)
+            try:
+                _write_concatenated(final_path, shards, key_hash,
+                                    {"kind": kind, **_json_key(key)}, compute_seconds, facts)
+            except FileNotFoundError:
+                # Another process computing the same artifact finished first: it wrote
+                # the result and deleted the shards this one was about to copy.
+                found = read_artifact(final_path, key_hash)
+                if found is None:
+                    raise
+                log.info("another process finished cached %s (%s) first: using it", kind,
+                         key_hash[:12])
+                shutil.rmtree(shard_dir, ignore_errors=True)
+                self.events.append(CacheEvent(kind, key_hash, True, _size(final_path),
+                                              time.perf_counter() - start,
+                                              found.compute_seconds))
+                return found
             result = Artifact(_open_artifact(final_path), key_hash, compute_seconds)
             nbytes = _size(final_path)
             self.fresh.add(key_hash)
