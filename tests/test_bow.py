@@ -575,8 +575,8 @@ def test_one_vocabulary_serves_every_sift_method_with_its_defaults(tmp_path):
 
 
 def test_stored_geometry_is_quantised_within_its_steps(tmp_path):
-    """The extraction stores 7 bytes of geometry per feature; decoded, it is within a
-    quarter pixel / 1/65,536 turn / 1/16 octave of OpenCV's values, and its angle and
+    """The extraction stores 7 bytes of geometry per feature; decoded, it is within
+    half a position step / 1/65,536 turn / 1/16 octave of OpenCV's values, and its angle and
     scale codes give exactly WGC's codes of the float32 values (HE+WGC does not move)."""
     from irbench.methods.sift.keypoints import (
         angle_codes,
