@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from irbench.core.cache import Cache
+from irbench.core.cache import Cache, read_artifact
 
 
 def test_load_or_compute_reuses(tmp_path):
@@ -326,3 +326,115 @@ def test_map_cached_uses_the_result_of_a_process_that_finished_first(tmp_path):
     assert np.asarray(out["x"]).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert cache.events[-1].hit  # the other process's artifact
     assert not list(tmp_path.rglob("*.shards"))
+
+
+def test_an_artifact_another_process_stored_first_is_kept_not_replaced(tmp_path):
+    """Two writers of one key: the second keeps the first's folder (a reader that found
+    it, such as a run concatenating that shard, never sees it vanish and come back);
+    `replace` (the user's --overwrite) and a damaged first copy are replaced."""
+    from irbench.core.cache import write_artifact
+
+    path, key_hash = tmp_path / "a", "k" * 64
+    write_artifact(path, {"x": np.arange(3)}, key_hash, {"kind": "t"})
+    first = path.stat().st_ino
+    write_artifact(path, {"x": np.arange(3)}, key_hash, {"kind": "t"})
+    assert path.stat().st_ino == first
+    assert not [p for p in tmp_path.iterdir() if p.name != "a"]  # no staging left
+    write_artifact(path, {"x": np.arange(3)}, key_hash, {"kind": "t"}, replace=True)
+    assert path.stat().st_ino != first
+    replaced = path.stat().st_ino
+    file = next(path.rglob("x.npy"))
+    file.write_bytes(file.read_bytes()[:-1])  # damaged
+    write_artifact(path, {"x": np.arange(3)}, key_hash, {"kind": "t"})
+    assert path.stat().st_ino != replaced and read_artifact(path, key_hash) is not None
+
+
+def test_map_cached_keeps_the_shard_another_process_stored_while_it_computed(tmp_path):
+    """Both runs compute shard 0 of one artifact; the other stores it first. This run
+    keeps that shard in place (before, it replaced the folder, and the other run, reading
+    the shard again to concatenate it, found it missing and failed)."""
+    from irbench.core.cache import stable_hash, write_artifact
+
+    items = list(range(4))
+    cache = Cache(tmp_path)
+    key_hash = cache.key_of("kind", {"k": 1})
+    shard = cache.path_for("kind", key_hash).parent / f"{key_hash}.shards" / \
+        "000000000-000000002"
+    seen = []
+
+    def racing(chunk):
+        if chunk[0] == 0:  # the other process stores shard 0 while this one computes it
+            write_artifact(shard, {"x": np.asarray([0, 0, 1, 1]),
+                                   "offsets": np.asarray([0, 2, 4])},
+                           stable_hash({"of": key_hash, "shard": [0, 2]}), {"kind": "kind"})
+            seen.append(shard.stat().st_ino)
+        else:
+            seen.append(shard.stat().st_ino)  # shard 0 is stored: still the other's
+        return [{"x": np.full(2, i)} for i in chunk]
+
+    out = cache.map_cached("kind", {"k": 1}, items, racing, shard_size=2)
+    assert np.asarray(out["x"]).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
+def test_an_entry_changing_while_read_is_not_deleted_as_damaged(tmp_path, monkeypatch):
+    """A file of a cache entry that goes away while it is verified (another process
+    replacing or deleting the folder) makes the read find nothing; the folder is not
+    deleted as damaged (which could delete the other process's fresh copy)."""
+    import irbench.core.cache as cache_mod
+
+    cache = Cache(tmp_path)
+    cache.load_or_compute("kind", {"k": 1}, lambda: {"x": np.arange(3)})
+    key_hash = cache.key_of("kind", {"k": 1})
+    path = cache.path_for("kind", key_hash)
+
+    def gone(file):
+        raise FileNotFoundError(2, "No such file or directory", str(file))
+
+    monkeypatch.setattr(cache_mod, "_map_npy", gone)
+    assert read_artifact(path, key_hash) is None
+    assert (path / "meta.json").is_file()
+    monkeypatch.undo()
+    assert read_artifact(path, key_hash)["x"].tolist() == [0, 1, 2]
+
+
+def _race_compute(chunk):
+    import random
+    import time
+
+    time.sleep(random.uniform(0, 0.02))
+    return [{"x": np.full((2000, 16), i, np.float32)} for i in chunk]
+
+
+def _race_worker(root, seed, results):
+    import random
+
+    random.seed(seed)
+    try:
+        out = Cache(root).map_cached("kind", {"k": 1}, list(range(40)), _race_compute,
+                                     shard_size=8)
+        results.put(np.asarray(out["x"])[::2000, 0].tolist() == list(range(40)))
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_processes_computing_one_artifact_both_finish(tmp_path):
+    """Two processes run one sharded `map_cached` at the same time, 30 times over: both
+    always finish with the right arrays, and no shard or staging folder is left. (Before
+    a shard stored first was kept and folders were removed by renaming them aside, 4 to
+    11 of the 60 runs failed with FileNotFoundError in each of four tries of this test.)"""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    outcomes = []
+    for race in range(30):
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_race_worker, args=(tmp_path / str(race), 2 * race + j,
+                                                         results)) for j in range(2)]
+        for p in procs:
+            p.start()
+        outcomes += [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+    assert [o for o in outcomes if o is not True] == []
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".shards", ".tmp", ".old"))]

@@ -247,7 +247,7 @@ class Cache:
 
     def forget(self, kind: str, key_hash: str) -> None:
         """Delete a stored artifact (the next request computes it again)."""
-        shutil.rmtree(self.path_for(kind, key_hash), ignore_errors=True)
+        _remove_folder(self.path_for(kind, key_hash))
 
     # -- single artifacts ------------------------------------------------------------
 
@@ -267,7 +267,7 @@ class Cache:
         nbytes = 0
         if self.enabled:
             write_artifact(path, artifact, key_hash, {"kind": kind, **_json_key(key)},
-                           artifact.compute_seconds)
+                           artifact.compute_seconds, replace=self.overwrite)
             nbytes = _size(path)
             self.fresh.add(key_hash)
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
@@ -300,7 +300,7 @@ class Cache:
                                           artifact.compute_seconds))
             return artifact
         path = self.path_for(kind, key_hash)
-        with _staged(path) as staging:
+        with _staged(path, key_hash, self.overwrite) as staging:
             values = dict(write(staging / ARRAYS_DIR))
             compute_seconds = self.cost_since(first, time.perf_counter() - start)
             checksums = {}
@@ -373,42 +373,45 @@ class Cache:
             return found
         n = len(items)
         shard_dir = final_path.parent / f"{key_hash}.shards"
-        with progress.task(description or kind, total=n) as advance:
-            shards, unreadable, resumed, compute_seconds = self._compute_shards(
-                kind, key_hash, shard_dir, items, compute_chunk, shard_size=shard_size,
-                executor=executor, advance=advance)
-        if unreadable:
-            raise BadImagesError.combine(unreadable)
-        if resumed:
-            log.info("resumed %s: %d of %d items were already computed", kind, resumed, n)
-        nbytes = 0
-        facts = dict(meta()) if meta is not None else {}
-        if self.enabled:
-            try:
+        try:
+            with progress.task(description or kind, total=n) as advance:
+                shards, unreadable, resumed, compute_seconds = self._compute_shards(
+                    kind, key_hash, shard_dir, items, compute_chunk, shard_size=shard_size,
+                    executor=executor, advance=advance)
+            if unreadable:
+                raise BadImagesError.combine(unreadable)
+            if resumed:
+                log.info("resumed %s: %d of %d items were already computed", kind, resumed,
+                         n)
+            nbytes = 0
+            facts = dict(meta()) if meta is not None else {}
+            if self.enabled:
                 _write_concatenated(final_path, shards, key_hash,
-                                    {"kind": kind, **_json_key(key)}, compute_seconds, facts)
-            except FileNotFoundError:
-                # Another process computing the same artifact finished first: it wrote
-                # the result and deleted the shards this one was about to copy.
-                found = read_artifact(final_path, key_hash)
-                if found is None:
-                    raise
-                log.info("another process finished cached %s (%s) first: using it", kind,
-                         key_hash[:12])
-                shutil.rmtree(shard_dir, ignore_errors=True)
-                self.events.append(CacheEvent(kind, key_hash, True, _size(final_path),
-                                              time.perf_counter() - start,
-                                              found.compute_seconds))
-                return found
-            result = Artifact(_open_artifact(final_path), key_hash, compute_seconds)
-            nbytes = _size(final_path)
-            self.fresh.add(key_hash)
-            shutil.rmtree(shard_dir, ignore_errors=True)
-        else:
-            arrays = (_merge_shards([load() for load in shards]) if shards else
-                      {"offsets": np.zeros(1, np.int64)})
-            result = Artifact({**json.loads(json.dumps(facts, default=str)), **arrays},
-                              key_hash, compute_seconds)
+                                    {"kind": kind, **_json_key(key)}, compute_seconds, facts,
+                                    replace=self.overwrite)
+                result = Artifact(_open_artifact(final_path), key_hash, compute_seconds)
+                nbytes = _size(final_path)
+                self.fresh.add(key_hash)
+                _remove_folder(shard_dir)
+            else:
+                arrays = (_merge_shards([load() for load in shards]) if shards else
+                          {"offsets": np.zeros(1, np.int64)})
+                result = Artifact({**json.loads(json.dumps(facts, default=str)), **arrays},
+                                  key_hash, compute_seconds)
+        except OSError:
+            # Another process computing the same artifact finished first: it stored the
+            # result and removed the shards folder, with shards this one was reading or
+            # writing (FileNotFoundError, or another OSError of a folder gone mid-write).
+            # Its result is this one's: used when it verifies; otherwise the error stands.
+            found = read_artifact(final_path, key_hash) if self.enabled else None
+            if found is None:
+                raise
+            log.info("another process finished cached %s (%s) first: using it", kind,
+                     key_hash[:12])
+            _remove_folder(shard_dir)
+            self.events.append(CacheEvent(kind, key_hash, True, _size(final_path),
+                                          time.perf_counter() - start, found.compute_seconds))
+            return found
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
                                       compute_seconds))
         return result
@@ -446,7 +449,8 @@ class Cache:
                                    items[begin:end]))
         job = _ShardJob(kind, compute_chunk,
                         write=self.enabled and not executor.in_process,
-                        advance=advance if executor.in_process else None)
+                        advance=advance if executor.in_process else None,
+                        replace=self.overwrite)
         mark = len(self.events)
 
         def on_done(position: int, done: _ShardDone) -> None:
@@ -475,7 +479,8 @@ class Cache:
                 found[task.index] = functools.partial(_open_artifact, task.path)
             elif self.enabled:
                 write_artifact(task.path, done.arrays, task.key_hash,
-                               {"kind": kind, "shard": [task.begin, task.end]}, shard_seconds)
+                               {"kind": kind, "shard": [task.begin, task.end]}, shard_seconds,
+                               replace=self.overwrite)
                 found[task.index] = functools.partial(_open_artifact, task.path)
             else:
                 found[task.index] = functools.partial(dict, done.arrays)
@@ -507,6 +512,8 @@ class _ShardJob:
     """The task stores its shard itself (it runs elsewhere); else it returns the arrays."""
     advance: Callable[[int], None] | None = None
     """The progress bar, for tasks that run in this process (others are counted when done)."""
+    replace: bool = False
+    """A shard stored meanwhile by another process is replaced (`Cache.overwrite`)."""
 
 
 @dataclass
@@ -534,7 +541,8 @@ def _run_shard(job: _ShardJob, task: _ShardTask) -> _ShardDone:
     seconds = time.perf_counter() - start
     if job.write:
         write_artifact(task.path, arrays, task.key_hash,
-                       {"kind": job.kind, "shard": [task.begin, task.end]}, seconds)
+                       {"kind": job.kind, "shard": [task.begin, task.end]}, seconds,
+                       replace=job.replace)
         return _ShardDone(None, [], seconds, socket.gethostname(), True)
     return _ShardDone(arrays, [], seconds, socket.gethostname(), False)
 
@@ -698,12 +706,14 @@ def _array_file(folder: Path, name: str) -> Path:
 
 
 def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
-                   key: Mapping[str, Any], compute_seconds: float | None = None) -> None:
+                   key: Mapping[str, Any], compute_seconds: float | None = None, *,
+                   replace: bool = False) -> None:
     """Write the folder `path` (`arrays/NAME.npy` per array and meta.json with their
-    checksums, and the seconds computing it took) under a temporary name, then rename it
-    into place (replacing an older copy)."""
+    checksums, and the seconds computing it took) under a temporary name, then move it
+    into place: a valid copy another process stored there first is kept unless `replace`
+    (`_move_into_place`)."""
     arrays = {k: np.asarray(v) for k, v in artifact.items() if isinstance(v, np.ndarray)}
-    with _staged(path) as staging:
+    with _staged(path, key_hash, replace) as staging:
         checksums = {}
         for name, array in arrays.items():
             array = np.ascontiguousarray(array)
@@ -714,16 +724,16 @@ def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
 
 
 @contextlib.contextmanager
-def _staged(path: Path) -> Iterator[Path]:
-    """A temporary folder beside `path`, renamed to `path` when the block ends without an
-    exception and deleted otherwise."""
+def _staged(path: Path, key_hash: str, replace: bool) -> Iterator[Path]:
+    """A temporary folder beside `path`, moved into place (`_move_into_place`) when the
+    block ends without an exception and deleted otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         _share(staging, folder=True)
         (staging / ARRAYS_DIR).mkdir()
         yield staging
-        _move_into_place(staging, path)
+        _move_into_place(staging, path, key_hash, replace)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -751,7 +761,8 @@ def _write_meta(staging: Path, artifact: Mapping[str, Any], key_hash: str,
 def _write_concatenated(path: Path, shards: Sequence[Callable[[], Mapping[str, Any]]],
                         key_hash: str, key: Mapping[str, Any],
                         compute_seconds: float | None,
-                        meta: Mapping[str, Any] | None = None) -> None:
+                        meta: Mapping[str, Any] | None = None, *,
+                        replace: bool = False) -> None:
     """Write the artifact `path` whose arrays are the shards' arrays concatenated along
     their first axis (`offsets` shifted) and whose metadata is `meta`, reading one shard
     at a time: each of `shards` loads one (memory-mapped). Peak memory is one shard,
@@ -770,7 +781,7 @@ def _write_concatenated(path: Path, shards: Sequence[Callable[[], Mapping[str, A
                                  f"{array.shape[1:]} where earlier shards are {dtype}{tail}")
             layout[name] = (dtype, tail, rows + len(array))
         del shard
-    with _staged(path) as staging:
+    with _staged(path, key_hash, replace) as staging:
         checksums = {}
         merged = np.concatenate(offsets)
         with _synced(_array_file(staging, "offsets")) as fh:
@@ -843,9 +854,12 @@ def release_rows(array: np.ndarray, begin: int, end: int) -> None:
         handle.madvise(mmap.MADV_DONTNEED, lo, min(hi, len(handle)) - lo)
 
 
-def _move_into_place(staging: Path, path: Path) -> None:
-    """Rename the folder `staging` to `path`; an existing `path` is moved aside first and
-    deleted after (a concurrent writer may win: its artifact is equivalent)."""
+def _move_into_place(staging: Path, path: Path, key_hash: str, replace: bool) -> None:
+    """Rename the folder `staging` to `path`. A valid artifact already at `path` was
+    stored by another process computing the same key first (two runs sharing a cache):
+    it is kept and `staging` dropped, so a folder a reader has found never changes under
+    it (a shard being concatenated, say). With `replace` (`Cache.overwrite`: the user
+    asked to compute again) or a damaged one, the old folder is moved aside and deleted."""
     for _ in range(3):
         try:
             os.rename(staging, path)
@@ -853,11 +867,22 @@ def _move_into_place(staging: Path, path: Path) -> None:
         except OSError:
             if not path.exists():
                 raise
-            trash = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            if not replace and read_artifact(path, key_hash) is not None:
+                log.info("%s was stored by another process first: keeping it", path)
+                return
+            _remove_folder(path)
     os.rename(staging, path)
+
+
+def _remove_folder(path: Path) -> None:
+    """Delete the folder `path` (if there): renamed aside first, so another process sees
+    it whole or not at all, never half deleted (which it would take for damage)."""
+    trash = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def read_artifact(path: Path, key_hash: str) -> Artifact | None:
@@ -878,6 +903,8 @@ def read_artifact(path: Path, key_hash: str) -> Artifact | None:
         return None
     legacy = path / LEGACY_ARRAYS
     if not meta_path.is_file() or not (legacy.is_file() or (path / ARRAYS_DIR).is_dir()):
+        if not path.exists():  # renamed away meanwhile (`_remove_folder`): not damage
+            return None
         # an artifact folder is renamed into place complete; a hand-damaged one is not
         return _discard(path, "incomplete (its arrays or meta.json are missing)")
     try:
@@ -921,6 +948,11 @@ def read_artifact(path: Path, key_hash: str) -> Artifact | None:
                 arrays[name] = _map_npy(file)
             _write_verified(path, {name: _stamp(_array_file(path, name), checksum)
                                    for name, checksum in expected.items()}, verified)
+    except FileNotFoundError as exc:
+        # a file went away while being read: another process is replacing or deleting
+        # the folder (`_move_into_place`, a finished `map_cached`), which is not damage
+        log.debug("cache entry %s changed while being read (%s)", path, exc)
+        return None
     except Exception as exc:  # noqa: BLE001 - any damage means: recompute, never fail
         return _discard(path, f"{type(exc).__name__}: {exc}")
     seconds = record.get("compute_seconds")
