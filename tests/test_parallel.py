@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from irbench.core.parallel import default_workers, parallel_map
+from irbench.core.parallel import default_workers, parallel_map, shared_pool
 from irbench.datasets.images import read_image
 from irbench.errors import BadImagesError, ConfigError, ImageReadError
 from tests.conftest import REPO
@@ -150,6 +150,45 @@ def test_keyboard_interrupt_stops_the_pool_without_waiting(tmp_path):
                          progress=_InterruptAfterFirst())
         assert time.monotonic() - start < 45
         assert wait_dead(pids_recorded(tmp_path, ""), 5.0) == []
+    finally:
+        kill_leftovers(pids_recorded(tmp_path, ""))
+
+
+def worker_pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_a_shared_pool_serves_every_call_of_its_block_and_ends_with_it():
+    """Calls in a `shared_pool` block run in the same worker processes, which have
+    exited when the block ends (their CPU time then counts in the caller's stage);
+    outside a block each call has its own pool."""
+    with shared_pool():
+        first = set(parallel_map(worker_pid, range(8), workers=2, chunksize=1))
+        second = set(parallel_map(worker_pid, range(8), workers=2, chunksize=1))
+        with shared_pool():  # nested: the outer block's pool
+            third = set(parallel_map(worker_pid, range(8), workers=2, chunksize=1))
+        assert all(is_alive(pid) for pid in first)
+    assert second <= first and third <= first and os.getpid() not in first
+    assert wait_dead(sorted(first), 5.0) == []
+    alone = [set(parallel_map(worker_pid, range(4), workers=2, chunksize=1))
+             for _ in range(2)]
+    assert not alone[0] & alone[1]
+
+
+def test_an_error_in_a_shared_pool_stops_it_and_the_next_call_starts_another(tmp_path):
+    """An exception stops the block's pool at once (as a call's own pool), a later call
+    of the block runs on a new pool, and an exception leaving the block stops that."""
+    items = [str(tmp_path / "fail0")] + [str(tmp_path / f"slow{i}") for i in range(1, 4)]
+    try:
+        with pytest.raises(RuntimeError, match="out"), shared_pool():
+            with pytest.raises(ValueError, match="fail0 fails"):
+                parallel_map(record_and_sleep, items, workers=2, chunksize=1)
+            failed = pids_recorded(tmp_path, "")
+            assert wait_dead(failed, 5.0) == []
+            again = set(parallel_map(worker_pid, range(4), workers=2, chunksize=1))
+            assert again and not again & set(failed)
+            raise RuntimeError("out")
+        assert wait_dead(sorted(again), 5.0) == []
     finally:
         kill_leftovers(pids_recorded(tmp_path, ""))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import multiprocessing as mp
 import os
@@ -24,6 +25,10 @@ PARENT_POLL_S = 0.5
 """How often a worker checks that the process that started it is still alive (seconds)."""
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+_SHARED: contextvars.ContextVar[dict[int, ProcessPoolExecutor] | None] = (
+    contextvars.ContextVar("irbench_shared_pools", default=None))
+"""The pools of the innermost `shared_pool` block, by number of workers."""
 
 
 def default_workers() -> int:
@@ -98,6 +103,45 @@ def _attempt(fn: Callable[[T], R], item: T) -> tuple[bool, R | ImageReadError]:
         return False, exc
 
 
+@contextlib.contextmanager
+def shared_pool() -> Iterator[None]:
+    """Within the block, the `parallel_map` calls of this thread with the same `workers`
+    share one spawned pool, started at the first such call and ended with the block
+    (else each call starts and ends its own). A per-image stage calls `parallel_map`
+    once per shard, and every start costs each worker a spawn and its imports (OpenCV,
+    numpy, irbench): about 0.45 s for 2 workers on a 2-core Xeon, which made SIFT
+    extraction of 320 x 240 images 1.15x slower in 256-image shards
+    (`benchmarks/bench_pool.py`).
+
+    Keep the block inside one timed stage: a worker's CPU time reaches this process's
+    `RUSAGE_CHILDREN` (a stage's `cpu_s`) only when the worker has exited. A block
+    nested in another uses the outer block's pools. An exception (Ctrl-C included)
+    stops the pools at once, as `parallel_map` stops its own.
+    """
+    if _SHARED.get() is not None:
+        yield
+        return
+    pools: dict[int, ProcessPoolExecutor] = {}
+    token = _SHARED.set(pools)
+    try:
+        yield
+    except BaseException:
+        for pool in pools.values():
+            _stop(pool)
+        raise
+    else:
+        for pool in pools.values():
+            pool.shutdown(wait=True)
+    finally:
+        _SHARED.reset(token)
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+        initargs=(os.getpid(), threading.current_thread() is threading.main_thread()))
+
+
 def _run_chunk(fn: Callable[[T], R], chunk: Sequence[T]) -> list[tuple[bool, R | ImageReadError]]:
     """`_attempt` on each item of a chunk (runs in a worker)."""
     return [_attempt(fn, item) for item in chunk]
@@ -105,13 +149,18 @@ def _run_chunk(fn: Callable[[T], R], chunk: Sequence[T]) -> list[tuple[bool, R |
 
 def _map_in_pool(fn: Callable[[T], R], items: list[T], *, workers: int, chunksize: int,
                  keep: Callable[[int, bool, Any], None], advance: Advance) -> None:
-    """Run `items` in chunks on a spawned process pool; `keep(index, ok, value)` per item, as
-    chunks complete. On any exception (or KeyboardInterrupt) the pool is stopped at once."""
+    """Run `items` in chunks on a spawned process pool (the `shared_pool` block's, or
+    one of its own); `keep(index, ok, value)` per item, as chunks complete. On any
+    exception (or KeyboardInterrupt) the pool is stopped at once (a shared one is then
+    started again by the block's next call)."""
     starts = range(0, len(items), chunksize)
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(starts)), mp_context=mp.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(os.getpid(), threading.current_thread() is threading.main_thread()))
+    shared = _SHARED.get()
+    if shared is None:
+        pool = _new_pool(min(workers, len(starts)))
+    elif workers in shared:
+        pool = shared[workers]
+    else:
+        pool = shared[workers] = _new_pool(workers)
     try:
         with _sigint_blocked():  # workers start deaf to Ctrl-C; this process gets it after
             futures: dict[Future, int] = {
@@ -124,8 +173,11 @@ def _map_in_pool(fn: Callable[[T], R], items: list[T], *, workers: int, chunksiz
             advance(len(outcomes))
     except BaseException:
         _stop(pool)
+        if shared is not None:
+            shared.pop(workers, None)
         raise
-    pool.shutdown(wait=True)
+    if shared is None:
+        pool.shutdown(wait=True)
 
 
 def _stop(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:

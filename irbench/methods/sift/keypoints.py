@@ -75,7 +75,7 @@ import numpy as np
 from irbench.core.arrays import concat_rows
 from irbench.core.cache import DROPPED, WithProgress, array_checksum, merge_artifacts
 from irbench.core.config import param, stable_hash
-from irbench.core.parallel import parallel_map
+from irbench.core.parallel import parallel_map, shared_pool
 from irbench.datasets.base import Box, Image, Query, split_segments
 from irbench.datasets.images import crop, read_image
 from irbench.errors import IrbenchError
@@ -519,7 +519,7 @@ def features_id(images: Sequence[Image | Query], params: SiftParams, context: An
 def extract_features(images: Sequence[Image | Query], params: SiftParams, context: Any, *,
                      description: str = "SIFT", shard_size: int = 256) -> Features:
     """SIFT features of `images` (queries described on their `crop_box`), computed in
-    `context.workers` processes, cached (resumably, in shards) under `sift/features`;
+    `context.workers` processes (one pool for every shard: `shared_pool`), cached (resumably, in shards) under `sift/features`;
     the shards run on `context.executor`.
 
     Unreadable images raise one `BadImagesError` listing them all; an image with no
@@ -539,7 +539,8 @@ def extract_features(images: Sequence[Image | Query], params: SiftParams, contex
             description=description if segment is None else f"{description} ({segment.name})")
 
     parts = _parts(images, params, context)
-    arts = [extract(*p) for p in parts]
+    with shared_pool():
+        arts = [extract(*p) for p in parts]
     dropped = [i for i, a in enumerate(arts)
                if "descriptors" not in a and "descriptors" in a.get(DROPPED, {})]
 
@@ -547,24 +548,25 @@ def extract_features(images: Sequence[Image | Query], params: SiftParams, contex
         """Extract the parts whose descriptors were dropped again, check that they are
         the same (the checksums the cache kept), and return every part's descriptors."""
         columns = [a.get("descriptors", _STORED["descriptors"]) for a in arts]
-        for i in dropped:
-            segment, part, key = parts[i]
-            old = arts[i]
-            log.info("the SIFT descriptors of %s were dropped from the cache "
-                     "(drop_descriptors): extracting %d images again", _label(segment, part),
-                     len(part))
-            context.cache.forget(FEATURES_KIND, old.id)
-            new = extract(segment, part, key)
-            expected = old[DROPPED]["descriptors"]
-            if array_checksum(np.asarray(new["descriptors"])) != expected or not np.array_equal(
-                    np.asarray(new["offsets"]), np.asarray(old["offsets"])):
-                raise CacheConsistencyError(
-                    f"SIFT extracted again for {_label(segment, part)} differs from the "
-                    f"extraction whose descriptors were dropped (cache entry {old.id[:12]} "
-                    "under sift/features); the words and signatures cached from it no "
-                    f"longer match: delete the cache folder {context.cache.root} or run "
-                    "with --overwrite")
-            columns[i] = new["descriptors"]
+        with shared_pool():
+            for i in dropped:
+                segment, part, key = parts[i]
+                old = arts[i]
+                log.info("the SIFT descriptors of %s were dropped from the cache "
+                         "(drop_descriptors): extracting %d images again", _label(segment, part),
+                         len(part))
+                context.cache.forget(FEATURES_KIND, old.id)
+                new = extract(segment, part, key)
+                expected = old[DROPPED]["descriptors"]
+                if array_checksum(np.asarray(new["descriptors"])) != expected or not np.array_equal(
+                        np.asarray(new["offsets"]), np.asarray(old["offsets"])):
+                    raise CacheConsistencyError(
+                        f"SIFT extracted again for {_label(segment, part)} differs from the "
+                        f"extraction whose descriptors were dropped (cache entry {old.id[:12]} "
+                        "under sift/features); the words and signatures cached from it no "
+                        f"longer match: delete the cache folder {context.cache.root} or run "
+                        "with --overwrite")
+                columns[i] = new["descriptors"]
         return columns[0] if len(columns) == 1 else concat_rows(columns)
 
     art = arts[0] if len(arts) == 1 else merge_artifacts(

@@ -66,7 +66,8 @@ by (image, word) and their feature order are a cached stage (`word-order`, 12 by
 feature, built a block of images at a time: `database_word_order`), and the geometry is
 the SIFT features' own quantised columns (`StoredGeometry`, 7 bytes per feature), both
 memory-mapped: a query reads the rows of its shortlist only. The geometry the verifiers
-see is decoded from the stored codes (a quarter pixel, 1/65,536 of a turn, 1/16 of an
+see is decoded from the stored codes (positions in steps of 2^e pixels, e per image so
+that its longer side fits 16 bits: 1/128 px at 320 px; 1/65,536 of a turn; 1/16 of an
 octave: `keypoints`); README "Compact SIFT storage" measures what that does to their mAP.
 
 `match_hamming_threshold` (off by default: 64 >= `signature_bits`) keeps only the pairs
