@@ -349,6 +349,25 @@ def test_an_artifact_another_process_stored_first_is_kept_not_replaced(tmp_path)
     assert path.stat().st_ino != replaced and read_artifact(path, key_hash) is not None
 
 
+def test_load_or_compute_goes_on_with_the_copy_another_process_stored_first(tmp_path):
+    """Two runs compute one artifact; the other stores it first. This run goes on with
+    the stored copy, not its own (the two can differ where computing is not
+    bit-reproducible), so what it computes next matches what the cache holds."""
+    from irbench.core.cache import write_artifact
+
+    cache = Cache(tmp_path)
+    key_hash = cache.key_of("kind", {"k": 1})
+
+    def racing():
+        write_artifact(cache.path_for("kind", key_hash), {"x": np.asarray([1.0, 2.0])},
+                       key_hash, {"kind": "kind"}, 5.0)  # the other run, done first
+        return {"x": np.asarray([1.0, 2.0000001])}
+
+    out = cache.load_or_compute("kind", {"k": 1}, racing)
+    assert out["x"].tolist() == [1.0, 2.0] and out.compute_seconds == 5.0
+    assert Cache(tmp_path).load_or_compute("kind", {"k": 1}, pytest.fail)["x"][1] == 2.0
+
+
 def test_map_cached_keeps_the_shard_another_process_stored_while_it_computed(tmp_path):
     """Both runs compute shard 0 of one artifact; the other stores it first. This run
     keeps that shard in place (before, it replaced the folder, and the other run, reading

@@ -266,8 +266,12 @@ class Cache:
                             self.cost_since(first, time.perf_counter() - start))
         nbytes = 0
         if self.enabled:
-            write_artifact(path, artifact, key_hash, {"kind": kind, **_json_key(key)},
-                           artifact.compute_seconds, replace=self.overwrite)
+            if not write_artifact(path, artifact, key_hash, {"kind": kind, **_json_key(key)},
+                                  artifact.compute_seconds, replace=self.overwrite):
+                # another process stored this key first: use its copy, so that what this
+                # run goes on with is what the cache holds under the key
+                stored = read_artifact(path, key_hash)
+                artifact = artifact if stored is None else stored
             nbytes = _size(path)
             self.fresh.add(key_hash)
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
@@ -707,13 +711,14 @@ def _array_file(folder: Path, name: str) -> Path:
 
 def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
                    key: Mapping[str, Any], compute_seconds: float | None = None, *,
-                   replace: bool = False) -> None:
+                   replace: bool = False) -> bool:
     """Write the folder `path` (`arrays/NAME.npy` per array and meta.json with their
     checksums, and the seconds computing it took) under a temporary name, then move it
     into place: a valid copy another process stored there first is kept unless `replace`
-    (`_move_into_place`)."""
+    (`_move_into_place`). Returns whether this copy was stored."""
     arrays = {k: np.asarray(v) for k, v in artifact.items() if isinstance(v, np.ndarray)}
-    with _staged(path, key_hash, replace) as staging:
+    staged = _staged(path, key_hash, replace)
+    with staged as staging:
         checksums = {}
         for name, array in arrays.items():
             array = np.ascontiguousarray(array)
@@ -721,21 +726,38 @@ def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
                 np.lib.format.write_array(fh, array, allow_pickle=False)
             checksums[name] = array_checksum(array)
         _write_meta(staging, artifact, key_hash, key, checksums, compute_seconds)
+    return staged.stored
 
 
-@contextlib.contextmanager
-def _staged(path: Path, key_hash: str, replace: bool) -> Iterator[Path]:
-    """A temporary folder beside `path`, moved into place (`_move_into_place`) when the
-    block ends without an exception and deleted otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        _share(staging, folder=True)
-        (staging / ARRAYS_DIR).mkdir()
-        yield staging
-        _move_into_place(staging, path, key_hash, replace)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+class _staged:  # noqa: N801 - used as a context manager, like contextlib's
+    """`with _staged(path, key_hash, replace) as staging:` a temporary folder beside
+    `path`, moved into place (`_move_into_place`) when the block ends without an
+    exception and deleted otherwise. `stored` says afterwards whether this folder is now
+    at `path` (False: a copy another process stored first was kept)."""
+
+    def __init__(self, path: Path, key_hash: str, replace: bool) -> None:
+        self.path, self.key_hash, self.replace = path, key_hash, replace
+        self.stored = False
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                             dir=self.path.parent))
+        try:
+            _share(self.staging, folder=True)
+            (self.staging / ARRAYS_DIR).mkdir()
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
+        return self.staging
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if exc_type is None:
+                self.stored = _move_into_place(self.staging, self.path, self.key_hash,
+                                               self.replace)
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -854,24 +876,26 @@ def release_rows(array: np.ndarray, begin: int, end: int) -> None:
         handle.madvise(mmap.MADV_DONTNEED, lo, min(hi, len(handle)) - lo)
 
 
-def _move_into_place(staging: Path, path: Path, key_hash: str, replace: bool) -> None:
+def _move_into_place(staging: Path, path: Path, key_hash: str, replace: bool) -> bool:
     """Rename the folder `staging` to `path`. A valid artifact already at `path` was
     stored by another process computing the same key first (two runs sharing a cache):
     it is kept and `staging` dropped, so a folder a reader has found never changes under
     it (a shard being concatenated, say). With `replace` (`Cache.overwrite`: the user
-    asked to compute again) or a damaged one, the old folder is moved aside and deleted."""
+    asked to compute again) or a damaged one, the old folder is moved aside and deleted.
+    Returns whether `staging` was moved into place."""
     for _ in range(3):
         try:
             os.rename(staging, path)
-            return
+            return True
         except OSError:
             if not path.exists():
                 raise
             if not replace and read_artifact(path, key_hash) is not None:
                 log.info("%s was stored by another process first: keeping it", path)
-                return
+                return False
             _remove_folder(path)
     os.rename(staging, path)
+    return True
 
 
 def _remove_folder(path: Path) -> None:
