@@ -145,6 +145,48 @@ def test_map_cached_moves_the_bar_once_per_shard(tmp_path):
     assert bar.steps == [20, 20, 10] and art["v"].tolist() == [i * 2 for i in range(50)]
 
 
+def test_a_stage_reusing_an_artifact_and_one_computed_from_it_counts_it_once(tmp_path):
+    """SIFT words are computed from SIFT features; a later query stage reuses both. Its
+    cost counts the features' computing time once (before, twice: once as the features,
+    once inside the words' time), and so does a third artifact built on both, per-item
+    (`map_cached`) or not."""
+    import time
+
+    first_run = Cache(tmp_path)
+    first_run.load_or_compute("features", {"k": 1}, _slow(0.4, 1))
+
+    def words():
+        feats = first_run.load_or_compute("features", {"k": 1}, pytest.fail)
+        time.sleep(0.1)
+        return {"w": feats["x"] + 1}
+
+    first_run.load_or_compute("words", {"k": 1}, words)
+
+    def signatures(chunk):
+        later_words = first_run.load_or_compute("words", {"k": 1}, pytest.fail)
+        time.sleep(0.05)
+        return [{"s": later_words["w"][:1] * i} for i in chunk]
+
+    first_run.map_cached("signatures", {"k": 1}, [1, 2], signatures, shard_size=1)
+    feats_s, words_s, sig_s = (e.compute_seconds for e in first_run.events
+                               if not e.hit)  # (F, F + W, F + W + S): each includes inputs
+    assert feats_s >= 0.4 and words_s >= feats_s + 0.1 and sig_s >= words_s + 0.1
+
+    later = Cache(tmp_path)  # the query stage of a later run reuses all three
+    for kind in ("features", "words", "signatures"):
+        later.load_or_compute(kind, {"k": 1}, pytest.fail) if kind != "signatures" else \
+            later.map_cached(kind, {"k": 1}, [1, 2], pytest.fail, shard_size=1)
+    loads = sum(e.seconds for e in later.events)
+    assert all(e.hit for e in later.events)
+    assert later.cost_since(0, loads) == pytest.approx(sig_s, abs=1e-3)  # F + W + S once
+    parts = later.events[2].parts
+    assert set(parts) == {e.key for e in later.events}
+    assert sum(parts.values()) == pytest.approx(sig_s, abs=1e-3)
+    lone = Cache(tmp_path)  # words alone: F + W
+    lone.load_or_compute("words", {"k": 1}, pytest.fail)
+    assert lone.cost_since(0, lone.events[0].seconds) == pytest.approx(words_s, abs=1e-3)
+
+
 def test_an_artifact_computed_then_reused_in_one_run_is_paid_for_once(tmp_path):
     cache = Cache(tmp_path)
     cache.load_or_compute("features", {"k": 1}, _slow(0.3, 1))  # computed in this run

@@ -78,13 +78,28 @@ class Artifact(dict):
     id: str = ""
     compute_seconds: float | None = None
     """Seconds it took to compute (artifacts it reused counted at their own computing
-    time, see `Cache.cost_since`); None when stored before this was recorded."""
+    time, each once, see `Cache.cost_since`); None when stored before this was recorded."""
+    cost_parts: dict[str, float] | None = None
+    """`compute_seconds` by artifact: {key hash: the seconds computing that artifact took
+    itself} for this one and every artifact it was computed from, however indirectly, so
+    that a stage reusing two of them (SIFT words and the features they came from) counts
+    the shared ones once. None when stored before this was recorded (then the whole
+    `compute_seconds` counts as this artifact's)."""
 
     def __init__(self, values: Mapping[str, Any] = (), id: str = "",
-                 compute_seconds: float | None = None) -> None:
+                 compute_seconds: float | None = None,
+                 cost_parts: Mapping[str, float] | None = None) -> None:
         super().__init__(values)
         self.id = id
         self.compute_seconds = compute_seconds
+        self.cost_parts = None if cost_parts is None else dict(cost_parts)
+
+    def parts(self) -> dict[str, float] | None:
+        """`cost_parts`, or {id: compute_seconds} for an artifact stored without them;
+        None when not even `compute_seconds` is known."""
+        if self.cost_parts is not None:
+            return self.cost_parts
+        return None if self.compute_seconds is None else {self.id: self.compute_seconds}
 
 
 def default_cache_dir() -> Path:
@@ -154,6 +169,8 @@ class CacheEvent:
     bytes: int
     seconds: float
     compute_seconds: float | None = None
+    parts: dict[str, float] | None = None
+    """The artifact's `Artifact.cost_parts` (not written to run records)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key[:16], "hit": self.hit, "bytes": self.bytes,
@@ -163,6 +180,12 @@ class CacheEvent:
 
 def _round(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 4)
+
+
+def _total(parts: Mapping[str, float] | None) -> float | None:
+    """An artifact's `compute_seconds` from its `cost_parts`: what computing it and
+    everything it was computed from took, whatever this run had computed already."""
+    return None if parts is None else sum(parts.values())
 
 
 @dataclass
@@ -196,24 +219,53 @@ class Cache:
         if found is not None:
             log.info("reusing cached %s (%s)", kind, key_hash[:12])
             self.events.append(CacheEvent(kind, key_hash, True, _size(path),
-                                          time.perf_counter() - start, found.compute_seconds))
+                                          time.perf_counter() - start, found.compute_seconds,
+                                          found.parts()))
         return found
 
     def cost_since(self, first_event: int, elapsed: float) -> float | None:
         """What `elapsed` seconds of work would have cost with nothing reused: the time
         each artifact reused since event `first_event` took to load is replaced by the
-        time it took to compute, the first time this cache meets it only (an artifact
-        computed or met earlier in the run is paid for already). None when one of them
-        was stored without that time."""
-        seen = {e.key for e in self.events[:first_event]}
+        time it took to compute, itself and what it was computed from (`cost_parts`),
+        each artifact once: one met earlier in the run, or already counted as part of
+        another (the SIFT features of reused SIFT words), is paid for already. None when
+        one of them was stored without its computing time."""
+        paid = self._paid_before(first_event)
         cost = elapsed
         for event in self.events[first_event:]:
-            if event.hit and event.key not in seen:
-                if event.compute_seconds is None:
+            if event.hit and event.key not in paid:
+                if event.parts is None:
                     return None
-                cost += event.compute_seconds - event.seconds
-            seen.add(event.key)
+                cost += sum(s for k, s in event.parts.items() if k not in paid)
+                cost -= event.seconds
+            paid.add(event.key)
+            paid.update(event.parts or ())
         return max(0.0, cost)
+
+    def _paid_before(self, first_event: int) -> set[str]:
+        paid: set[str] = set()
+        for event in self.events[:first_event]:
+            paid.add(event.key)
+            paid.update(event.parts or ())
+        return paid
+
+    def parts_since(self, first_event: int, key_hash: str, cost: float | None
+                    ) -> dict[str, float] | None:
+        """`Artifact.cost_parts` of the artifact `key_hash` computed since event
+        `first_event` at `cost` (`cost_since`, which leaves out what this run paid for
+        before): the parts of every artifact met since, and its own seconds, `cost` less
+        the parts it paid for. None when `cost` is."""
+        if cost is None:
+            return None
+        paid = self._paid_before(first_event)
+        parts: dict[str, float] = {}
+        for event in self.events[first_event:]:
+            if event.parts is None:
+                return None
+            parts.update(event.parts)
+        own = cost - sum(s for k, s in parts.items() if k not in paid)
+        parts[key_hash] = round(max(0.0, own), 4)
+        return parts
 
     # -- dropping arrays -------------------------------------------------------------
 
@@ -262,12 +314,14 @@ class Cache:
             return found
         first = len(self.events)
         values = compute()
-        artifact = Artifact(values, key_hash,
-                            self.cost_since(first, time.perf_counter() - start))
+        parts = self.parts_since(first, key_hash,
+                                 self.cost_since(first, time.perf_counter() - start))
+        artifact = Artifact(values, key_hash, _total(parts), parts)
         nbytes = 0
         if self.enabled:
             if not write_artifact(path, artifact, key_hash, {"kind": kind, **_json_key(key)},
-                                  artifact.compute_seconds, replace=self.overwrite):
+                                  artifact.compute_seconds, replace=self.overwrite,
+                                  cost_parts=artifact.cost_parts):
                 # another process stored this key first: use its copy, so that what this
                 # run goes on with is what the cache holds under the key
                 stored = read_artifact(path, key_hash)
@@ -275,7 +329,7 @@ class Cache:
             nbytes = _size(path)
             self.fresh.add(key_hash)
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
-                                      artifact.compute_seconds))
+                                      artifact.compute_seconds, artifact.parts()))
         return artifact
 
     def load_or_write(self, kind: str, key: Mapping[str, Any],
@@ -297,16 +351,19 @@ class Cache:
         first = len(self.events)
         if not self.enabled:
             values = write(None)
-            artifact = Artifact(values, key_hash,
-                                self.cost_since(first, time.perf_counter() - start))
+            parts = self.parts_since(first, key_hash,
+                                     self.cost_since(first, time.perf_counter() - start))
+            artifact = Artifact(values, key_hash, _total(parts), parts)
             self.events.append(CacheEvent(kind, key_hash, False, 0,
                                           time.perf_counter() - start,
-                                          artifact.compute_seconds))
+                                          artifact.compute_seconds, artifact.parts()))
             return artifact
         path = self.path_for(kind, key_hash)
         with _staged(path, key_hash, self.overwrite) as staging:
             values = dict(write(staging / ARRAYS_DIR))
-            compute_seconds = self.cost_since(first, time.perf_counter() - start)
+            parts = self.parts_since(first, key_hash,
+                                     self.cost_since(first, time.perf_counter() - start))
+            compute_seconds = _total(parts)
             checksums = {}
             for name, value in values.items():
                 if not isinstance(value, np.ndarray):
@@ -330,12 +387,13 @@ class Cache:
                 raise ValueError(f"{kind}: files {sorted(stray)} were written but not "
                                  f"returned among the artifact's arrays")
             _write_meta(staging, values, key_hash, {"kind": kind, **_json_key(key)},
-                        checksums, compute_seconds)
+                        checksums, compute_seconds, parts)
         del values
-        result = Artifact(_open_artifact(path), key_hash, compute_seconds)
+        result = Artifact(_open_artifact(path), key_hash, compute_seconds, parts)
         self.fresh.add(key_hash)
         self.events.append(CacheEvent(kind, key_hash, False, _size(path),
-                                      time.perf_counter() - start, compute_seconds))
+                                      time.perf_counter() - start, compute_seconds,
+                                      result.parts()))
         return result
 
     # -- per-item computations, sharded and resumable ----------------------------------
@@ -377,6 +435,7 @@ class Cache:
             return found
         n = len(items)
         shard_dir = final_path.parent / f"{key_hash}.shards"
+        first = len(self.events)
         try:
             with progress.task(description or kind, total=n) as advance:
                 shards, unreadable, resumed, compute_seconds = self._compute_shards(
@@ -389,11 +448,13 @@ class Cache:
                          n)
             nbytes = 0
             facts = dict(meta()) if meta is not None else {}
+            parts = self.parts_since(first, key_hash, compute_seconds)
+            compute_seconds = _total(parts)
             if self.enabled:
                 _write_concatenated(final_path, shards, key_hash,
                                     {"kind": kind, **_json_key(key)}, compute_seconds, facts,
-                                    replace=self.overwrite)
-                result = Artifact(_open_artifact(final_path), key_hash, compute_seconds)
+                                    replace=self.overwrite, cost_parts=parts)
+                result = Artifact(_open_artifact(final_path), key_hash, compute_seconds, parts)
                 nbytes = _size(final_path)
                 self.fresh.add(key_hash)
                 _remove_folder(shard_dir)
@@ -401,7 +462,7 @@ class Cache:
                 arrays = (_merge_shards([load() for load in shards]) if shards else
                           {"offsets": np.zeros(1, np.int64)})
                 result = Artifact({**json.loads(json.dumps(facts, default=str)), **arrays},
-                                  key_hash, compute_seconds)
+                                  key_hash, compute_seconds, parts)
         except OSError:
             # Another process computing the same artifact finished first: it stored the
             # result and removed the shards folder, with shards this one was reading or
@@ -414,10 +475,11 @@ class Cache:
                      key_hash[:12])
             _remove_folder(shard_dir)
             self.events.append(CacheEvent(kind, key_hash, True, _size(final_path),
-                                          time.perf_counter() - start, found.compute_seconds))
+                                          time.perf_counter() - start, found.compute_seconds,
+                                          found.parts()))
             return found
         self.events.append(CacheEvent(kind, key_hash, False, nbytes, time.perf_counter() - start,
-                                      compute_seconds))
+                                      compute_seconds, result.parts()))
         return result
 
     def _compute_shards(
@@ -711,7 +773,8 @@ def _array_file(folder: Path, name: str) -> Path:
 
 def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
                    key: Mapping[str, Any], compute_seconds: float | None = None, *,
-                   replace: bool = False) -> bool:
+                   replace: bool = False,
+                   cost_parts: Mapping[str, float] | None = None) -> bool:
     """Write the folder `path` (`arrays/NAME.npy` per array and meta.json with their
     checksums, and the seconds computing it took) under a temporary name, then move it
     into place: a valid copy another process stored there first is kept unless `replace`
@@ -725,7 +788,7 @@ def write_artifact(path: Path, artifact: Mapping[str, Any], key_hash: str,
             with _synced(_array_file(staging, name)) as fh:
                 np.lib.format.write_array(fh, array, allow_pickle=False)
             checksums[name] = array_checksum(array)
-        _write_meta(staging, artifact, key_hash, key, checksums, compute_seconds)
+        _write_meta(staging, artifact, key_hash, key, checksums, compute_seconds, cost_parts)
     return staged.stored
 
 
@@ -771,12 +834,15 @@ def _synced(path: Path) -> Iterator[IO[bytes]]:
 
 def _write_meta(staging: Path, artifact: Mapping[str, Any], key_hash: str,
                 key: Mapping[str, Any], checksums: Mapping[str, str],
-                compute_seconds: float | None) -> None:
+                compute_seconds: float | None,
+                cost_parts: Mapping[str, float] | None = None) -> None:
     meta = json.loads(json.dumps({k: v for k, v in artifact.items()
                                   if not isinstance(v, np.ndarray)}, default=str))
     record = {"format": LAYOUT_VERSION, "id": key_hash, "key": dict(key), "meta": meta,
               "meta_sha256": _meta_checksum(meta), "arrays": dict(checksums),
               "compute_seconds": _round(compute_seconds)}
+    if cost_parts is not None:
+        record["cost_parts"] = {k: _round(v) for k, v in cost_parts.items()}
     atomic_write_text(staging / "meta.json", json.dumps(record, default=str))
 
 
@@ -784,7 +850,8 @@ def _write_concatenated(path: Path, shards: Sequence[Callable[[], Mapping[str, A
                         key_hash: str, key: Mapping[str, Any],
                         compute_seconds: float | None,
                         meta: Mapping[str, Any] | None = None, *,
-                        replace: bool = False) -> None:
+                        replace: bool = False,
+                        cost_parts: Mapping[str, float] | None = None) -> None:
     """Write the artifact `path` whose arrays are the shards' arrays concatenated along
     their first axis (`offsets` shifted) and whose metadata is `meta`, reading one shard
     at a time: each of `shards` loads one (memory-mapped). Peak memory is one shard,
@@ -823,7 +890,8 @@ def _write_concatenated(path: Path, shards: Sequence[Callable[[], Mapping[str, A
             out.flush()
             del out
             checksums[name] = h.hexdigest()
-        _write_meta(staging, dict(meta or {}), key_hash, key, checksums, compute_seconds)
+        _write_meta(staging, dict(meta or {}), key_hash, key, checksums, compute_seconds,
+                    cost_parts)
 
 
 def _row_bytes(a: np.ndarray) -> int:
@@ -980,8 +1048,12 @@ def read_artifact(path: Path, key_hash: str) -> Artifact | None:
     except Exception as exc:  # noqa: BLE001 - any damage means: recompute, never fail
         return _discard(path, f"{type(exc).__name__}: {exc}")
     seconds = record.get("compute_seconds")
+    parts = record.get("cost_parts")
+    valid_parts = isinstance(parts, dict) and all(
+        isinstance(v, int | float) for v in parts.values())
     return Artifact({**meta, **arrays}, key_hash,
-                    float(seconds) if isinstance(seconds, int | float) else None)
+                    float(seconds) if isinstance(seconds, int | float) else None,
+                    {str(k): float(v) for k, v in parts.items()} if valid_parts else None)
 
 
 def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
